@@ -1,0 +1,282 @@
+"""The OptiShear meta pruning metric: its option tables and its pure-PyTorch scoring (the twin).
+
+    S = [C_w(|W|) * U_w(|W|)] * [C_x(X) * U_x(sqrt X)]
+
+``W: [out, in]`` is a weight, ``X: [in]`` the per-input-channel mean of x^2 over calibration tokens.
+``U`` is a transform applied elementwise, ``C`` a coefficient (a normaliser) computed from its argument.
+The X side is a vector, read as a ``[1, in]`` matrix: its "row" is the whole vector and its "column"
+sum of channel j is X_j itself.
+
+Numerical safety (the released OptiShear code is not safe here, we are):
+- a normaliser whose denominator is 0 (an all-zero row, say) is 1, never 1/0;
+- ``log`` is ``log(max(a, FLT_MIN))``: finite on exact zeros;
+- ``exp`` is ``exp(a - max(a))`` over the same domain as ``softmax`` (the row for W, the vector for X),
+  so it cannot overflow; it differs from the plain exp by a positive per-row constant, which leaves
+  every per-row mask unchanged;
+- reductions (row/column sums, totals, norms, softmax sums) accumulate in float64 and are rounded to
+  float32 once, so the Triton kernels and this twin agree to the bit.
+
+Scores are float32. Elementwise order of operations is part of the contract (the kernels repeat it):
+``w_part = c_w * u_w``; ``score = w_part * x_part``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TRANSFORMS: tuple[str, ...] = ("none", "sqrt", "square", "exp", "log", "sigmoid", "softmax")
+COEFFICIENTS: tuple[str, ...] = ("none", "row", "col", "rowcol", "total", "mean", "fro")
+# Extra W-side coefficient outside the 7x7x7x7 space: RIA's relative importance 1/row_sum + 1/col_sum.
+RIA_COEFFICIENT = 7
+COEFFICIENT_NAMES: tuple[str, ...] = COEFFICIENTS + ("ria",)
+
+FLT_MIN = torch.finfo(torch.float32).tiny
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """One point of the meta-metric space, as four option indices.
+
+    Attributes:
+        cw: W-side coefficient, index into ``COEFFICIENT_NAMES`` (0..6, or 7 for RIA's).
+        uw: W-side transform, index into ``TRANSFORMS``.
+        cx: X-side coefficient, index into ``COEFFICIENTS``.
+        ux: X-side transform, index into ``TRANSFORMS`` (applied to sqrt X).
+    """
+
+    cw: int = 0
+    uw: int = 0
+    cx: int = 0
+    ux: int = 0
+
+    def __post_init__(self):
+        for name, value, limit in (
+            ("cw", self.cw, len(COEFFICIENT_NAMES)),
+            ("uw", self.uw, len(TRANSFORMS)),
+            ("cx", self.cx, len(COEFFICIENTS)),
+            ("ux", self.ux, len(TRANSFORMS)),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
+                raise ValueError(f"MetricConfig.{name} must be an int in [0, {limit}), got {value!r}")
+
+    @property
+    def spec(self) -> str:
+        """Readable spec, e.g. ``"w:none*none,x:none*none"`` (Wanda)."""
+        return (
+            f"w:{COEFFICIENT_NAMES[self.cw]}*{TRANSFORMS[self.uw]},"
+            f"x:{COEFFICIENTS[self.cx]}*{TRANSFORMS[self.ux]}"
+        )
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.cw, self.uw, self.cx, self.ux)
+
+    @classmethod
+    def parse(cls, spec: "str | MetricConfig | tuple | list") -> "MetricConfig":
+        """Parse ``"w:row*sqrt,x:none*log"``, ``"1,1,0,4"`` or a 4-tuple of ints."""
+        if isinstance(spec, MetricConfig):
+            return spec
+        if isinstance(spec, (tuple, list)):
+            if len(spec) != 4:
+                raise ValueError(f"a metric needs 4 option indices (cw, uw, cx, ux), got {spec!r}")
+            return cls(*(int(v) for v in spec))
+        if not isinstance(spec, str):
+            raise ValueError(f"cannot read a metric from {spec!r}")
+        text = spec.strip().replace(" ", "")
+        if text.replace(",", "").isdigit():
+            return cls.parse([int(v) for v in text.split(",")])
+        sides = dict(part.split(":", 1) for part in text.split(",") if ":" in part)
+        if set(sides) != {"w", "x"} or text.count(",") != 1:
+            raise ValueError(
+                f"malformed metric spec {spec!r}: expected 'w:<coef>*<transform>,x:<coef>*<transform>' "
+                f"with coefficients {COEFFICIENT_NAMES} and transforms {TRANSFORMS}"
+            )
+        out = []
+        for side, coefs in (("w", COEFFICIENT_NAMES), ("x", COEFFICIENTS)):
+            parts = sides[side].split("*")
+            if len(parts) != 2 or parts[0] not in coefs or parts[1] not in TRANSFORMS:
+                raise ValueError(
+                    f"malformed metric spec {spec!r}: side {side!r} is {sides[side]!r}; "
+                    f"expected <coef>*<transform> with coef in {coefs} and transform in {TRANSFORMS}"
+                )
+            out += [coefs.index(parts[0]), TRANSFORMS.index(parts[1])]
+        return cls(*out)
+
+
+WANDA = MetricConfig(0, 0, 0, 0)
+RIA = MetricConfig(RIA_COEFFICIENT, 0, 0, 1)
+
+
+def all_configs() -> list[MetricConfig]:
+    """The 2,401 points of the meta-metric space, in (cw, uw, cx, ux) lexicographic order."""
+    n_c, n_t = len(COEFFICIENTS), len(TRANSFORMS)
+    return [MetricConfig(a, b, c, d) for a in range(n_c) for b in range(n_t) for c in range(n_c) for d in range(n_t)]
+
+
+def _recip(den: torch.Tensor) -> torch.Tensor:
+    """1/den in float32 with 1 where den is 0 (a normaliser of nothing normalises nothing)."""
+    den = den.to(torch.float32)
+    return torch.where(den > 0, 1.0 / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
+
+
+@dataclass
+class WStats:
+    """Whole-matrix reductions the W side needs (the pre-pass), all float32 rounded from float64.
+
+    Attributes:
+        row_sum: [out] sum_j |W_ij|.
+        col_sum: [in] sum_i |W_ij|.
+        total: [] sum |W|.
+        sq_sum: [] sum W^2.
+        row_max: [out] max_j of the transform's argument (|W|), for safe exp/softmax.
+        row_exp_sum: [out] sum_j exp(|W_ij| - row_max_i), for softmax.
+    """
+
+    row_sum: torch.Tensor
+    col_sum: torch.Tensor
+    total: torch.Tensor
+    sq_sum: torch.Tensor
+    row_max: torch.Tensor
+    row_exp_sum: torch.Tensor
+
+
+def w_stats(w: torch.Tensor, cfg: MetricConfig) -> WStats | None:
+    """Pre-pass reductions over |W| that ``cfg`` needs; None when it needs none.
+
+    Only the reductions the configuration uses are computed; the others are empty tensors.
+    """
+    needs_coef = cfg.cw != 0
+    needs_soft = cfg.uw in (3, 6)
+    if not (needs_coef or needs_soft):
+        return None
+    a = w.detach().abs().to(torch.float32)
+    empty = a.new_empty(0)
+    row_sum = col_sum = total = sq_sum = row_max = row_exp_sum = empty
+    if cfg.cw in (1, 3, 7):
+        row_sum = a.sum(dim=1, dtype=torch.float64).to(torch.float32)
+    if cfg.cw in (2, 3, 7):
+        col_sum = a.sum(dim=0, dtype=torch.float64).to(torch.float32)
+    if cfg.cw in (4, 5):
+        total = a.sum(dtype=torch.float64).to(torch.float32)
+    if cfg.cw == 6:
+        sq_sum = a.square().sum(dtype=torch.float64).to(torch.float32)
+    if needs_soft:
+        row_max = a.amax(dim=1)
+        if cfg.uw == 6:
+            row_exp_sum = torch.exp(a - row_max[:, None]).sum(dim=1, dtype=torch.float64).to(torch.float32)
+    return WStats(row_sum, col_sum, total, sq_sum, row_max, row_exp_sum)
+
+
+def w_coef_operands(stats: WStats | None, cfg: MetricConfig, numel: int):
+    """The W coefficient as (row_vec [out] | None, col_vec [in] | None, scalar float32 tensor | None, mode).
+
+    mode: 0 none; 1 multiply by row_vec; 2 by col_vec; 3 by 1/(row_sum_i + col_sum_j) (per element);
+    4 by scalar; 7 by (row_vec_i + col_vec_j) (RIA).
+    """
+    cw = cfg.cw
+    if cw == 0:
+        return None, None, None, 0
+    if cw == 1:
+        return _recip(stats.row_sum), None, None, 1
+    if cw == 2:
+        return None, _recip(stats.col_sum), None, 2
+    if cw == 3:
+        return stats.row_sum, stats.col_sum, None, 3
+    if cw == 4:
+        return None, None, _recip(stats.total), 4
+    if cw == 5:
+        mean = (stats.total.to(torch.float64) / numel).to(torch.float32)
+        return None, None, _recip(mean), 4
+    if cw == 6:
+        return None, None, _recip(torch.sqrt(stats.sq_sum.to(torch.float64)).to(torch.float32)), 4
+    return _recip(stats.row_sum), _recip(stats.col_sum), None, 7
+
+
+def _transform(a: torch.Tensor, u: int, row_max=None, row_exp_sum=None) -> torch.Tensor:
+    """U(a) for a float32 tensor ``a >= 0``; ``row_max``/``row_exp_sum`` broadcast against ``a``."""
+    if u == 0:
+        return a
+    if u == 1:
+        return torch.sqrt(a)
+    if u == 2:
+        return a * a
+    if u == 3:
+        return torch.exp(a - row_max)
+    if u == 4:
+        return torch.log(torch.clamp_min(a, FLT_MIN))
+    if u == 5:
+        return torch.sigmoid(a)
+    return torch.exp(a - row_max) / row_exp_sum
+
+
+def x_part(x_sq: torch.Tensor, cfg: MetricConfig) -> torch.Tensor:
+    """The X side ``C_x(X) * U_x(sqrt X)`` as a float32 vector [in]; shared by every backend.
+
+    Args:
+        x_sq: [in] per-input-channel mean of x^2 (any float dtype, finite, >= 0).
+    """
+    x = x_sq.detach().to(torch.float32)
+    s = torch.sqrt(x)
+    row_max = row_exp_sum = None
+    if cfg.ux in (3, 6):
+        row_max = s.amax()
+        row_exp_sum = torch.exp(s - row_max).sum(dtype=torch.float64).to(torch.float32)
+    u = _transform(s, cfg.ux, row_max, row_exp_sum)
+    cx = cfg.cx
+    if cx == 0:
+        return u
+    if cx in (1, 4):  # the vector's row sum is its total
+        c = _recip(x.sum(dtype=torch.float64).to(torch.float32))
+    elif cx == 2:  # column sum of channel j is X_j
+        c = _recip(x)
+    elif cx == 3:
+        total = x.sum(dtype=torch.float64).to(torch.float32)
+        return (1.0 / _safe_den(total + x)) * u
+    elif cx == 5:
+        c = _recip((x.sum(dtype=torch.float64) / x.numel()).to(torch.float32))
+    else:
+        c = _recip(torch.sqrt(x.to(torch.float64).square().sum()).to(torch.float32))
+    return c * u
+
+
+def _safe_den(den: torch.Tensor) -> torch.Tensor:
+    """Denominator with zeros replaced by 1 (so 1/den is 1 there)."""
+    return torch.where(den > 0, den, torch.ones_like(den))
+
+
+def meta_score(w: torch.Tensor, x_sq: torch.Tensor | None, cfg: MetricConfig, xp: torch.Tensor | None = None):
+    """Score every weight: the torch twin of the fused kernels' scoring.
+
+    Args:
+        w: [out, in] weight, any float dtype.
+        x_sq: [in] mean of x^2 per input channel, or None when ``xp`` is given.
+        cfg: the metric.
+        xp: optional precomputed ``x_part(x_sq, cfg)``.
+
+    Returns:
+        [out, in] float32 scores; lower means pruned first.
+    """
+    if xp is None:
+        xp = x_part(x_sq, cfg)
+    a = w.detach().abs().to(torch.float32)
+    stats = w_stats(w, cfg)
+    row_max = row_exp_sum = None
+    if cfg.uw in (3, 6):
+        row_max = stats.row_max[:, None]
+        row_exp_sum = stats.row_exp_sum[:, None] if cfg.uw == 6 else None
+    u = _transform(a, cfg.uw, row_max, row_exp_sum)
+    rv, cv, sc, mode = w_coef_operands(stats, cfg, a.numel())
+    if mode == 0:
+        wpart = u
+    elif mode == 1:
+        wpart = rv[:, None] * u
+    elif mode == 2:
+        wpart = cv[None, :] * u
+    elif mode == 3:
+        wpart = (1.0 / _safe_den(rv[:, None] + cv[None, :])) * u
+    elif mode == 4:
+        wpart = sc * u
+    else:
+        wpart = (rv[:, None] + cv[None, :]) * u
+    return wpart * xp[None, :]
