@@ -19,12 +19,12 @@ def need_wikitext():
     return WIKI
 
 
-def tiny_llama(seed: int = 0, hidden: int = 64, inter: int = 128, layers: int = 2, vocab: int = 256):
+def tiny_llama(seed: int = 0, hidden: int = 64, inter: int = 128, layers: int = 2, vocab: int = 256, heads: int = 4):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+                      num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
     return LlamaForCausalLM(cfg).eval()
 
 
