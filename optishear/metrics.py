@@ -78,10 +78,9 @@ def prune_matrix(
         if x is None:
             raise ValueError(f"metric {metric.name} needs activation statistics")
         out = fused_prune(
-            w2d, x, metric.config, sparsity=sparsity, nm=nm, write_weight=True, write_mask=True,
+            w2d, x, metric.config, sparsity=sparsity, nm=nm, write_weight=True, write_mask=True, inplace=True,
             backend_name=backend_name,
         )  # fmt: skip
-        w2d.copy_(out.weight)
         return out.packed_mask
     # Whole-matrix magnitude (Wanda's code's "magnitude"): int(numel * s) smallest |W| in the whole matrix.
     if not torch.isfinite(w2d).all():

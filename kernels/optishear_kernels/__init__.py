@@ -17,7 +17,7 @@ from .metric import (
     meta_score,
     x_part,
 )
-from .prune import PruneOutput, fused_prune
+from .prune import PruneOutput, fused_prune, population_prune
 from .select import nm_mask, pack_mask, row_topk_mask, unpack_mask
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "x_part",
     "PruneOutput",
     "fused_prune",
+    "population_prune",
     "nm_mask",
     "pack_mask",
     "row_topk_mask",

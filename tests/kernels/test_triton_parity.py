@@ -137,3 +137,20 @@ def test_forced_triton_backend_runs_in_interpreter(monkeypatch):
     acc = torch.zeros(4)
     assert act_norm_update(torch.ones(2, 4), acc) == 2
     assert torch.equal(acc, torch.full((4,), 2.0))
+
+
+def test_population_one_launch_matches_twin():
+    from optishear_kernels.prune import population_prune_torch, population_prune_triton
+
+    w, x = _inputs((7, 123), torch.float32, 21)
+    cfgs = _canonical_configs()
+    sparsities = [0.1 + 0.8 * i / len(cfgs) for i in range(len(cfgs))]
+    a = population_prune_torch(w, x, cfgs, sparsities)
+    b = population_prune_triton(w, x, cfgs, sparsities)
+    assert a.shape == (len(cfgs), 7, 16)
+    for i, c in enumerate(cfgs):
+        assert torch.equal(a[i], b[i]), c.spec
+    # one metric at several sparsity levels
+    a = population_prune_torch(w, x, cfgs[3], [0.2, 0.5, 0.7])
+    b = population_prune_triton(w, x, cfgs[3], [0.2, 0.5, 0.7])
+    assert torch.equal(a, b)
