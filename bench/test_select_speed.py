@@ -10,7 +10,7 @@ checked identical before timing. On CUDA the Triton fused prune is timed too.
 import pytest
 import torch
 from optishear_kernels import WANDA, meta_score, row_topk_mask
-from optishear_kernels.prune import fused_prune
+from optishear_kernels.prune import _workspace, fused_prune
 
 from .conftest import LLAMA2_7B
 
@@ -26,7 +26,9 @@ def wanda_sort_mask(w, x_sq, sparsity):
 
 
 def ours_mask(w, x_sq, sparsity):
-    return row_topk_mask(meta_score(w, x_sq, WANDA), int(w.shape[1] * sparsity))
+    """The torch twin's path inside fused_prune_torch: score into the reused workspace, then select."""
+    score = meta_score(w, x_sq, WANDA, out=_workspace(w.shape, w.device))
+    return row_topk_mask(score, int(w.shape[1] * sparsity))
 
 
 def _inputs(shape, dtype, device="cpu"):

@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>'")
     p.add_argument("--sparsity", type=float, default=None)
     p.add_argument("--structure", default=None, help="unstructured (default) or N:M such as 2:4")
-    p.add_argument("--block-sparsity", default=None, help="file: JSON list, recipe, or one number per line")
+    p.add_argument("--block-sparsity", default=None,
+                   help="'owl', or a file: JSON list, recipe, or one number per line")  # fmt: skip
+    p.add_argument("--owl-m", type=float, default=None, help="OWL outlier threshold M (default 5)")
+    p.add_argument("--owl-lambda", type=float, default=None, help="OWL spread lambda (default 0.08)")
     p.add_argument("--recipe", default=None, help="apply a recipe (optishear_recipe.json or a saved model dir)")
     p.add_argument("--targets", nargs="*", default=None, help="fnmatch patterns of linears to prune")
     p.add_argument("--ignore", nargs="*", default=None, help="fnmatch patterns of linears to leave dense")
@@ -88,7 +91,10 @@ def cmd_prune(args) -> dict:
         if value is not None:
             setattr(cfg, name, value)
     if args.block_sparsity is not None:
-        cfg.block_sparsity = read_block_sparsity(args.block_sparsity)
+        cfg.block_sparsity = "owl" if args.block_sparsity == "owl" else read_block_sparsity(args.block_sparsity)
+    for name in ("owl_m", "owl_lambda"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     cfg.validate()
     if args.eval_ppl is not None:
         from pathlib import Path

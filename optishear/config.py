@@ -60,7 +60,9 @@ class PruneConfig:
         metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, or a meta spec / four indices.
         sparsity: target fraction in [0, 1) (unstructured).
         structure: ``"unstructured"`` or ``"N:M"`` (N kept of every M consecutive weights).
-        block_sparsity: one sparsity per decoder block (overrides ``sparsity``), or None.
+        block_sparsity: one sparsity per decoder block (overrides ``sparsity``), ``"owl"`` for OWL's
+            outlier-weighted ratios around ``sparsity`` (any metric), or None for uniform.
+        owl_m, owl_lambda: OWL's outlier threshold M and spread lambda.
         targets / ignore: fnmatch patterns on linear names (``"mlp.*"``, ``"3.self_attn.q_proj"``).
         calib: calibration text (local path, ``wikitext2``/``c4``), None for model-generated text.
         nsamples, seqlen, seed: calibration windows.
@@ -72,7 +74,9 @@ class PruneConfig:
     metric: str = "wanda"
     sparsity: float = 0.5
     structure: str = "unstructured"
-    block_sparsity: list[float] | None = None
+    block_sparsity: list[float] | str | None = None
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     targets: list[str] | None = None
     ignore: list[str] | None = None
     calib: str | None = None
@@ -92,8 +96,15 @@ class PruneConfig:
         if self.block_sparsity is not None:
             if nm is not None:
                 raise ValueError("block_sparsity applies to unstructured pruning; N:M fixes the sparsity")
-            for i, s in enumerate(self.block_sparsity):
-                check_sparsity(s, f"block_sparsity[{i}]")
+            if isinstance(self.block_sparsity, str):
+                if self.block_sparsity != "owl":
+                    raise ValueError(f"block_sparsity must be a list of numbers or 'owl', got {self.block_sparsity!r}")
+                if not (self.owl_m > 0 and 0 <= self.owl_lambda < min(self.sparsity, 1 - self.sparsity) + 1e-12):
+                    raise ValueError(f"OWL needs M > 0 and 0 <= lambda <= min(s, 1 - s), got M={self.owl_m}, "
+                                     f"lambda={self.owl_lambda}")  # fmt: skip
+            else:
+                for i, s in enumerate(self.block_sparsity):
+                    check_sparsity(s, f"block_sparsity[{i}]")
         if self.stats not in ("sequential", "dense"):
             raise ValueError(f"stats must be 'sequential' or 'dense', got {self.stats!r}")
         for name in ("nsamples", "seqlen", "batch_size"):

@@ -82,7 +82,10 @@ def _check_model(linears: list[list[LinearRef]], nm) -> None:
                 )
 
 
-def resolve_block_sparsity(cfg: PruneConfig, n_blocks: int) -> list[float]:
+def resolve_block_sparsity(cfg: PruneConfig, n_blocks: int) -> list[float] | None:
+    """Per-block sparsities; None for OWL (decided once dense statistics exist)."""
+    if cfg.block_sparsity == "owl":
+        return None
     if cfg.block_sparsity is None:
         return [float(cfg.sparsity)] * n_blocks
     if len(cfg.block_sparsity) != n_blocks:
@@ -162,14 +165,24 @@ def prune(
     def on_block(i, refs, block_stats):
         prune_block(refs, block_stats, metric, per_block[i], nm, backend_name=backend_name, snapshot=snapshot,
                     masks=masks)  # fmt: skip
-        logger.info("block %d/%d pruned: %s at %s", i + 1, len(linears), metric.name,
-                    cfg.structure if nm else f"{per_block[i]:.3f}")  # fmt: skip
+        logger.log(logging.INFO if progress else logging.DEBUG, "block %d/%d pruned: %s at %s", i + 1, len(linears),
+                   metric.name, cfg.structure if nm else f"{per_block[i]:.3f}")  # fmt: skip
 
     try:
+        needs_stats = metric.needs_activations or per_block is None
+        if needs_stats and windows is None and stats is None:
+            spec = CalibSpec(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed)
+            windows = calibration_windows(spec, tokenizer, model)
+        if per_block is None:  # OWL: outlier ratios from dense statistics
+            from .owl import outlier_ratios, owl_block_sparsity
+
+            if stats is None:
+                stats = sequential_walk(model, windows, linears, None, batch_size=cfg.batch_size, progress=progress)
+            per_block = owl_block_sparsity(outlier_ratios(linears, stats, cfg.owl_m), cfg.sparsity, cfg.owl_lambda)
+            logger.info("OWL block sparsities: %s", ", ".join(f"{s:.3f}" for s in per_block))
+            if cfg.stats == "sequential" and metric.needs_activations:
+                stats = None  # the sequential protocol recomputes statistics through the pruned blocks
         if stats is None and metric.needs_activations:
-            if windows is None:
-                spec = CalibSpec(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed)
-                windows = calibration_windows(spec, tokenizer, model)
             if cfg.stats == "dense":
                 stats = sequential_walk(model, windows, linears, None, batch_size=cfg.batch_size, progress=progress)
             else:

@@ -245,7 +245,14 @@ def _safe_den(den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, den, torch.ones_like(den))
 
 
-def meta_score(w: torch.Tensor, x_sq: torch.Tensor | None, cfg: MetricConfig, xp: torch.Tensor | None = None):
+def meta_score(
+    w: torch.Tensor,
+    x_sq: torch.Tensor | None,
+    cfg: MetricConfig,
+    xp: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+):
     """Score every weight: the torch twin of the fused kernels' scoring.
 
     Args:
@@ -253,30 +260,35 @@ def meta_score(w: torch.Tensor, x_sq: torch.Tensor | None, cfg: MetricConfig, xp
         x_sq: [in] mean of x^2 per input channel, or None when ``xp`` is given.
         cfg: the metric.
         xp: optional precomputed ``x_part(x_sq, cfg)``.
+        out: optional float32 [out, in] buffer to write the scores into (saves an allocation, whose page
+            faults cost more than the arithmetic on CPU).
 
     Returns:
         [out, in] float32 scores; lower means pruned first.
     """
     if xp is None:
         xp = x_part(x_sq, cfg)
-    a = w.detach().abs().to(torch.float32)
-    stats = w_stats(w, cfg)
+    w = w.detach()
+    if out is not None:
+        a = torch.abs(w, out=out) if w.dtype == torch.float32 else out.copy_(w).abs_()
+    else:
+        a = w.abs().to(torch.float32)
+    stats = w_stats(a, cfg)
     row_max = row_exp_sum = None
     if cfg.uw in (3, 6):
         row_max = stats.row_max[:, None]
         row_exp_sum = stats.row_exp_sum[:, None] if cfg.uw == 6 else None
+    # Every intermediate below is our own tensor, so products are taken in place (x * y == y * x exactly).
     u = _transform(a, cfg.uw, row_max, row_exp_sum)
     rv, cv, sc, mode = w_coef_operands(stats, cfg, a.numel())
-    if mode == 0:
-        wpart = u
-    elif mode == 1:
-        wpart = rv[:, None] * u
+    if mode == 1:
+        u.mul_(rv[:, None])
     elif mode == 2:
-        wpart = cv[None, :] * u
+        u.mul_(cv[None, :])
     elif mode == 3:
-        wpart = (1.0 / _safe_den(rv[:, None] + cv[None, :])) * u
+        u.mul_(1.0 / _safe_den(rv[:, None] + cv[None, :]))
     elif mode == 4:
-        wpart = sc * u
-    else:
-        wpart = (rv[:, None] + cv[None, :]) * u
-    return wpart * xp[None, :]
+        u.mul_(sc)
+    elif mode == 7:
+        u.mul_(rv[:, None] + cv[None, :])
+    return u.mul_(xp[None, :])

@@ -19,6 +19,7 @@ coefficients (column sums, totals) come from one pre-pass. With ``inplace=True``
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import torch
@@ -457,12 +458,26 @@ def _k(cols: int, sparsity) -> int:
     return int(cols * float(sparsity))
 
 
+_WS = threading.local()
+
+
+def _workspace(shape, device) -> torch.Tensor:
+    """A float32 scratch buffer reused across calls on this thread: fresh 100+ MB allocations cost more
+    in page faults than the scoring itself on CPU. Only ever used for scores that do not escape."""
+    numel = shape[0] * shape[1]
+    buf = getattr(_WS, "buf", None)
+    if buf is None or buf.device != torch.device(device) or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=torch.float32, device=device)
+        _WS.buf = buf
+    return buf[:numel].view(shape)
+
+
 def fused_prune_torch(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
                       inplace=False):
     """Twin of ``fused_prune`` (the CPU path and the test oracle)."""
     cfg = MetricConfig.parse(metric)
     k = _validate(w, x_sq, sparsity, nm, write_weight, write_mask)
-    score = meta_score(w, x_sq, cfg)
+    score = meta_score(w, x_sq, cfg, out=_workspace(w.shape, w.device))
     if not torch.isfinite(score).all():  # cannot happen by construction; never return a silently wrong mask
         raise FloatingPointError(f"metric {cfg.spec} produced non-finite scores")
     mask = row_topk_mask(score, k) if nm is None else nm_mask(score, nm[0], nm[1])

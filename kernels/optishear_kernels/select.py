@@ -61,7 +61,11 @@ def row_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     score = score.contiguous()
     thr = row_threshold(score, k)
     mask = score <= thr[:, None]
-    over = mask.sum(dim=1) - k  # > 0 only where ties at the threshold cross the boundary
+    if mask.device.type == "cpu":  # numpy's count is ~9x faster than torch's bool sum here
+        counts = torch.from_numpy(np.count_nonzero(mask.numpy(), axis=1))
+    else:
+        counts = mask.sum(dim=1)
+    over = counts - k  # > 0 only where ties at the threshold cross the boundary
     bad = torch.nonzero(over > 0).flatten()
     if bad.numel():
         sub = score[bad]

@@ -1,0 +1,484 @@
+"""OptiShear search: pymoo NSGA-III over the meta metric and the per-block sparsities.
+
+Each trial prunes the already-loaded model (dense weights restored in place between trials), scores it by
+the model-wise reconstruction error against dense outputs computed once, and is written to
+``trials.jsonl`` as soon as it finishes. Trials whose masks coincide with an earlier trial's (found by
+hashing the masks the kernels produce) share that trial's evaluation. A run re-started with ``resume``
+replays the same seeded search and reads finished trials back instead of evaluating them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from optishear_kernels import COEFFICIENTS, TRANSFORMS, MetricConfig
+
+from .calibrate import sequential_walk
+from .config import PruneConfig, check_sparsity, parse_structure
+from .data import CalibSpec, calibration_windows
+from .evaluate import DenseOutputs, reconstruction_error
+from .metrics import resolve_metric
+from .models import model_linears
+from .pruner import WeightSnapshot, prune
+from .recipe import make_recipe, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SPACES = ("metric", "blocks", "joint", "metric-then-blocks")
+
+
+@dataclass
+class SearchConfig:
+    """A search run.
+
+    Attributes:
+        space: ``metric`` (the 2,401-point meta metric), ``blocks`` (one sparsity per block, ``metric``
+            fixed), ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order).
+        sparsity: target mean sparsity over all pruned weights (held exactly by the repair).
+        structure: ``unstructured`` or ``N:M`` (then only the metric is searched).
+        objective: ``fro`` (Frobenius norm of the logits difference) or ``kl`` (mean KL(dense || pruned)).
+        tradeoff: add the mean sparsity as a second objective over ``sparsity_levels`` (error vs sparsity).
+        band, step: block sparsities lie on ``target + step * j`` within ``target +- band``.
+        stats: ``fast`` (dense activation statistics, computed once) or ``faithful`` (the sequential
+            protocol in every trial).
+        metric: the fixed metric of the ``blocks`` space.
+    """
+
+    space: str = "metric"
+    sparsity: float = 0.5
+    structure: str = "unstructured"
+    objective: str = "fro"
+    tradeoff: bool = False
+    sparsity_levels: list[float] = field(default_factory=lambda: [0.4, 0.45, 0.5, 0.55, 0.6])
+    pop_size: int = 20
+    generations: int = 10
+    band: float = 0.05
+    step: float = 0.05
+    metric: str = "wanda"
+    stats: str = "fast"
+    calib: str | None = None
+    nsamples: int = 16
+    seqlen: int = 256
+    seed: int = 0
+    batch_size: int = 4
+    targets: list[str] | None = None
+    ignore: list[str] | None = None
+
+    def validate(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        check_sparsity(self.sparsity)
+        nm = parse_structure(self.structure)
+        if nm is not None and self.space != "metric":
+            raise ValueError("N:M fixes every block's sparsity: only --space metric applies")
+        if self.objective not in ("fro", "kl"):
+            raise ValueError(f"objective must be 'fro' or 'kl', got {self.objective!r}")
+        if self.stats not in ("fast", "faithful"):
+            raise ValueError(f"stats must be 'fast' or 'faithful', got {self.stats!r}")
+        if not (self.step > 0 and self.band >= 0):
+            raise ValueError(f"band must be >= 0 and step > 0, got band={self.band}, step={self.step}")
+        if self.sparsity - self.band < 0 or self.sparsity + self.band >= 1:
+            raise ValueError(f"sparsity +- band must stay in [0, 1): {self.sparsity} +- {self.band}")
+        for name in ("pop_size", "generations", "nsamples", "seqlen", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.tradeoff:
+            for s in self.sparsity_levels:
+                check_sparsity(s, "sparsity_levels")
+        resolve_metric(self.metric)
+
+    @property
+    def n_offsets(self) -> int:
+        return int(round(self.band / self.step + 1e-9))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown SearchConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search.
+
+    Attributes:
+        metric: the chosen metric spec; block_sparsity: the chosen per-block sparsities.
+        objective: its reconstruction error; pareto: the final non-dominated set (list of dicts).
+        trials: trials run (including those answered from the dedupe cache or a resumed log);
+        distinct: distinct pruned models evaluated; seconds: wall time; out_dir: where outputs are.
+        history: one dict per generation (best objective, evaluations, distinct, Pareto size).
+    """
+
+    metric: str
+    block_sparsity: list[float]
+    objective: float
+    pareto: list[dict]
+    trials: int
+    distinct: int
+    seconds: float
+    out_dir: str
+    history: list[dict]
+    recipe: dict | None = None
+
+
+def repair_offsets(offsets: np.ndarray, sizes: np.ndarray, limit: int) -> np.ndarray:
+    """Make the size-weighted sum of integer level offsets zero (the mean sparsity exactly the target).
+
+    Offsets are clipped to [-limit, limit]; while the weighted sum is positive the largest offset (lowest
+    block index first) steps down, while negative the smallest steps up, as long as that brings the sum
+    closer to zero. With equal block sizes (every decoder stack we know) the result is exactly balanced.
+    """
+    o = np.clip(np.round(offsets), -limit, limit).astype(np.int64)
+    w = np.asarray(sizes, dtype=np.int64)
+    while True:
+        total = int((o * w).sum())
+        if total == 0:
+            break
+        step = -1 if total > 0 else 1
+        cand = np.where(o > -limit)[0] if step < 0 else np.where(o < limit)[0]
+        if not len(cand):
+            break
+        i = cand[np.argmax(o[cand])] if step < 0 else cand[np.argmin(o[cand])]
+        if abs(total + step * int(w[i])) >= abs(total):
+            break
+        o[i] += step
+    return o
+
+
+class _Encoding:
+    """Decision vector layout: [cw, uw, cx, ux] if the metric is searched, one level offset per block
+    if blocks are, and a sparsity-level index in trade-off mode. All integers."""
+
+    def __init__(self, cfg: SearchConfig, n_blocks: int, block_sizes: list[int], search_metric: bool,
+                 search_blocks: bool):  # fmt: skip
+        self.cfg = cfg
+        self.n_blocks = n_blocks
+        self.sizes = np.asarray(block_sizes)
+        self.search_metric = search_metric
+        self.search_blocks = search_blocks
+        lo, hi = [], []
+        if search_metric:
+            lo += [0, 0, 0, 0]
+            hi += [len(COEFFICIENTS) - 1, len(TRANSFORMS) - 1, len(COEFFICIENTS) - 1, len(TRANSFORMS) - 1]
+        if search_blocks:
+            lo += [-cfg.n_offsets] * n_blocks
+            hi += [cfg.n_offsets] * n_blocks
+        if cfg.tradeoff:
+            lo += [0]
+            hi += [len(cfg.sparsity_levels) - 1]
+        self.xl, self.xu = np.array(lo, dtype=float), np.array(hi, dtype=float)
+
+    def repair(self, X: np.ndarray) -> np.ndarray:
+        X = np.clip(np.round(X), self.xl, self.xu)
+        if self.search_blocks:
+            a = 4 if self.search_metric else 0
+            for row in X:
+                row[a : a + self.n_blocks] = repair_offsets(row[a : a + self.n_blocks], self.sizes, self.cfg.n_offsets)
+        return X
+
+    def decode(self, x, fixed_metric: str) -> tuple[str, list[float], float]:
+        x = [int(v) for v in x]
+        i = 0
+        metric = fixed_metric
+        if self.search_metric:
+            metric = MetricConfig(*x[:4]).spec
+            i = 4
+        target = self.cfg.sparsity_levels[x[-1]] if self.cfg.tradeoff else self.cfg.sparsity
+        if self.search_blocks:
+            blocks = [round(target + self.cfg.step * o, 10) for o in x[i : i + self.n_blocks]]
+        else:
+            blocks = [target] * self.n_blocks
+        return metric, blocks, target
+
+    def seed_population(self, rng: np.random.RandomState, n: int, wanda_first: bool) -> np.ndarray:
+        X = np.stack([rng.randint(int(lo), int(hi) + 1, size=n) for lo, hi in zip(self.xl, self.xu)], axis=1)
+        X = X.astype(float)
+        if wanda_first:
+            X[0, :] = 0  # Wanda, uniform sparsity at the target level (offsets 0)
+            if self.cfg.tradeoff:
+                X[0, -1] = self.cfg.sparsity_levels.index(self.cfg.sparsity) if (
+                    self.cfg.sparsity in self.cfg.sparsity_levels) else 0  # fmt: skip
+        return self.repair(X)
+
+
+class TrialRunner:
+    """Evaluates pruning configurations on one loaded model: restore dense weights, prune, measure."""
+
+    def __init__(self, model, windows: torch.Tensor, cfg: SearchConfig, *, progress: bool = False):
+        self.model = model
+        self.windows = windows
+        self.cfg = cfg
+        self.linears = model_linears(model, cfg.targets, cfg.ignore)
+        self.snapshot = WeightSnapshot().save_all(self.linears)
+        t0 = time.perf_counter()
+        self.dense = DenseOutputs(model, windows, batch_size=cfg.batch_size, progress=progress)
+        self.stats = None
+        if cfg.stats == "fast":
+            self.stats = sequential_walk(model, windows, self.linears, None, batch_size=cfg.batch_size,
+                                         progress=progress)  # fmt: skip
+        self.setup_seconds = time.perf_counter() - t0
+        self.by_hash: dict[str, float] = {}
+
+    def prune_config(self, metric: str, blocks: list[float]) -> PruneConfig:
+        c = self.cfg
+        uniform = len(set(blocks)) == 1
+        return PruneConfig(metric=metric, sparsity=blocks[0] if uniform else c.sparsity, structure=c.structure,
+                           block_sparsity=None if uniform else list(blocks), targets=c.targets, ignore=c.ignore,
+                           calib=c.calib, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed,
+                           stats="dense" if c.stats == "fast" else "sequential", batch_size=c.batch_size)  # fmt: skip
+
+    def apply(self, metric: str, blocks: list[float]):
+        """Restore the dense weights, then prune with (metric, blocks); returns the PruneResult."""
+        self.snapshot.restore()
+        return prune(self.model, config=self.prune_config(metric, blocks), windows=self.windows, stats=self.stats,
+                     keep_masks=True, progress=False)  # fmt: skip
+
+    @staticmethod
+    def mask_hash(masks: dict[str, torch.Tensor]) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(masks):
+            h.update(name.encode())
+            h.update(masks[name].cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def run(self, metric: str, blocks: list[float]) -> dict:
+        t0 = time.perf_counter()
+        res = self.apply(metric, blocks)
+        h = self.mask_hash(res.masks)
+        evaluated = h not in self.by_hash
+        if evaluated:
+            self.by_hash[h] = reconstruction_error(self.model, self.dense, self.cfg.objective)
+        return {"metric": metric, "block_sparsity": blocks, "sparsity": res.sparsity, "objective": self.by_hash[h],
+                "mask_hash": h, "evaluated": evaluated, "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def _read_trials(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: that trial is simply run again
+            logger.warning("ignoring a truncated line in %s", path)
+    return out
+
+
+def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bool, search_blocks: bool,
+           fixed_metric: str, log, cache: dict, history: list, counters: dict, on_trial=None):  # fmt: skip
+    from pymoo.algorithms.moo.nsga3 import NSGA3
+    from pymoo.core.problem import Problem
+    from pymoo.core.repair import Repair
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.util.ref_dirs import get_reference_directions
+
+    sizes = [sum(r.weight2d().numel() for r in refs) for refs in runner.linears]
+    enc = _Encoding(cfg, len(runner.linears), sizes, search_metric, search_blocks)
+    n_obj = 2 if cfg.tradeoff else 1
+
+    class _Repair(Repair):
+        def _do(self, problem, X, **kwargs):
+            return enc.repair(X)
+
+    problem = Problem(n_var=len(enc.xl), n_obj=n_obj, xl=enc.xl, xu=enc.xu, vtype=int)
+    ref_dirs = get_reference_directions("das-dennis", n_obj, n_partitions=1 if n_obj == 1 else 12)
+    rng = np.random.RandomState(cfg.seed)
+    algo = NSGA3(ref_dirs=ref_dirs, pop_size=cfg.pop_size,
+                 sampling=enc.seed_population(rng, cfg.pop_size, wanda_first=search_metric or stage == "blocks"),
+                 crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+                 mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=_Repair(),
+                 eliminate_duplicates=True)  # fmt: skip
+    algo.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
+    records = {}
+    gen = 0
+    while algo.has_next():
+        pop = algo.ask()
+        X = pop.get("X")
+        F = np.zeros((len(X), n_obj))
+        t_gen, new_trials = time.perf_counter(), 0
+        for j, x in enumerate(X):
+            key = f"{stage}:" + ",".join(str(int(v)) for v in x)
+            rec = cache.get(key)
+            if rec is None:
+                metric, blocks, _ = enc.decode(x, fixed_metric)
+                rec = {"stage": stage, "key": key, "generation": gen, **runner.run(metric, blocks)}
+                cache[key] = rec
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                new_trials += 1
+                if on_trial is not None:
+                    on_trial(rec)
+            else:
+                runner.by_hash.setdefault(rec["mask_hash"], rec["objective"])
+            counters["trials"] += 1
+            counters["hashes"].add(rec["mask_hash"])
+            records[key] = rec
+            F[j, 0] = rec["objective"]
+            if n_obj == 2:
+                F[j, 1] = -rec["sparsity"]
+        pop.set("F", F)
+        algo.tell(infills=pop)
+        opt = algo.opt
+        best = float(np.min(opt.get("F")[:, 0]))
+        secs = (time.perf_counter() - t_gen) / max(new_trials, 1)
+        history.append({"stage": stage, "generation": gen, "trials": counters["trials"],
+                        "distinct": len(counters["hashes"]), "best": best, "pareto": len(opt),
+                        "seconds_per_trial": secs})  # fmt: skip
+        logger.info("[%s] gen %d/%d  trials %d  distinct %d  best %.6g  pareto %d  %.2f s/trial", stage, gen + 1,
+                    cfg.generations, counters["trials"], len(counters["hashes"]), best, len(opt), secs)
+        gen += 1
+    pareto = []
+    for x, f in zip(algo.opt.get("X"), algo.opt.get("F")):
+        rec = records[f"{stage}:" + ",".join(str(int(v)) for v in x)]
+        pareto.append({"metric": rec["metric"], "block_sparsity": rec["block_sparsity"], "sparsity": rec["sparsity"],
+                       "objective": float(f[0])})  # fmt: skip
+    pareto.sort(key=lambda r: (-r["sparsity"], r["objective"]))
+    return pareto
+
+
+def _choose(pareto: list[dict], cfg: SearchConfig) -> dict:
+    """Lowest error; in trade-off mode, lowest error among solutions at (or nearest) the target sparsity."""
+    if cfg.tradeoff:
+        nearest = min(abs(p["sparsity"] - cfg.sparsity) for p in pareto)
+        pareto = [p for p in pareto if abs(p["sparsity"] - cfg.sparsity) == nearest]
+    return min(pareto, key=lambda p: (p["objective"], p["metric"]))
+
+
+def plot(history: list[dict], pareto: list[dict], path: Path) -> bool:
+    """Best objective per generation and the Pareto front, as one PNG. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written")
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in dict.fromkeys(h["stage"] for h in history):
+        hs = [h for h in history if h["stage"] == stage]
+        a.plot([h["generation"] + 1 for h in hs], [h["best"] for h in hs], marker="o", label=stage)
+    a.set_xlabel("generation")
+    a.set_ylabel("best reconstruction error")
+    a.set_title("search progress")
+    a.legend()
+    b.scatter([p["sparsity"] for p in pareto], [p["objective"] for p in pareto])
+    b.set_xlabel("achieved sparsity")
+    b.set_ylabel("reconstruction error")
+    b.set_title(f"Pareto set ({len(pareto)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = False, windows=None,
+           progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
+    """Run an OptiShear search and write its outputs to ``out_dir``.
+
+    Outputs: ``config.json``; ``trials.jsonl`` (one line per trial, flushed as it finishes);
+    ``history.json``; ``pareto.json``; ``optishear_recipe.json`` for the chosen solution (apply it with
+    ``optishear prune --recipe``); ``search.png``.
+
+    Args:
+        resume: continue a run in ``out_dir``: finished trials are read back, never evaluated again.
+        windows: calibration windows (else read from ``config.calib``).
+        on_trial: called with each newly evaluated trial record (tests use it to interrupt a run).
+    """
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    trials_path = out / "trials.jsonl"
+    if resume and cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old != asdict(config):
+            raise ValueError(f"--resume: the run in {out} was made with a different configuration: {old}")
+    elif not resume and trials_path.exists() and trials_path.stat().st_size:
+        raise FileExistsError(f"{out} holds a search already: pass resume=True (--resume) or another directory")
+    write_json_atomic(cfg_path, asdict(config))
+    t0 = time.perf_counter()
+    if windows is None:
+        windows = calibration_windows(CalibSpec(config.calib, config.nsamples, config.seqlen, config.seed), tokenizer,
+                                      model)  # fmt: skip
+    runner = TrialRunner(model, windows, config, progress=progress)
+    cache = {r["key"]: r for r in _read_trials(trials_path)} if resume else {}
+    if cache:
+        logger.info("resuming: %d finished trials read from %s", len(cache), trials_path)
+    history: list[dict] = []
+    counters = {"trials": 0, "hashes": set()}
+    with trials_path.open("a") as log:
+        if config.space == "metric-then-blocks":
+            p1 = _stage(runner, config, "metric", True, False, config.metric, log, cache, history, counters, on_trial)
+            best_metric = _choose(p1, config)["metric"]
+            pareto = _stage(runner, config, "blocks", False, True, best_metric, log, cache, history, counters,
+                            on_trial)  # fmt: skip
+        else:
+            pareto = _stage(runner, config, config.space, config.space in ("metric", "joint"),
+                            config.space in ("blocks", "joint"), config.metric, log, cache, history, counters,
+                            on_trial)  # fmt: skip
+    chosen = _choose(pareto, config)
+    result = runner.apply(chosen["metric"], chosen["block_sparsity"])
+    recipe = make_recipe(runner.prune_config(chosen["metric"], chosen["block_sparsity"]), result, model)
+    recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,
+                        "trials": counters["trials"], "distinct": len(counters["hashes"])}  # fmt: skip
+    write_json_atomic(out / "optishear_recipe.json", recipe)
+    write_json_atomic(out / "pareto.json", pareto)
+    write_json_atomic(out / "history.json", history)
+    plot(history, pareto, out / "search.png")
+    runner.snapshot.restore()
+    return SearchResult(metric=chosen["metric"], block_sparsity=chosen["block_sparsity"],
+                        objective=chosen["objective"], pareto=pareto, trials=counters["trials"],
+                        distinct=len(counters["hashes"]), seconds=time.perf_counter() - t0, out_dir=str(out),
+                        history=history, recipe=recipe)  # fmt: skip
+
+
+def add_search_parser(sub, add_model, add_calib) -> None:
+    s = sub.add_parser("search", help="NSGA-III search over the meta metric and/or block sparsities")
+    add_model(s)
+    add_calib(s)
+    s.add_argument("--space", choices=SPACES, default="metric")
+    s.add_argument("--sparsity", type=float, default=0.5)
+    s.add_argument("--structure", default="unstructured")
+    s.add_argument("--objective", choices=("fro", "kl"), default="fro")
+    s.add_argument("--tradeoff", action="store_true", help="second objective: sparsity (error vs sparsity front)")
+    s.add_argument("--pop-size", type=int, default=20)
+    s.add_argument("--generations", type=int, default=10)
+    s.add_argument("--band", type=float, default=0.05)
+    s.add_argument("--step", type=float, default=0.05)
+    s.add_argument("--metric", default="wanda", help="the fixed metric of --space blocks")
+    s.add_argument("--stats", choices=("fast", "faithful"), default="fast")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+
+
+def cmd_search(args) -> dict:
+    from .models import load_model
+
+    cfg = SearchConfig(space=args.space, sparsity=args.sparsity, structure=args.structure, objective=args.objective,
+                       tradeoff=args.tradeoff, pop_size=args.pop_size, generations=args.generations, band=args.band,
+                       step=args.step, metric=args.metric, stats=args.stats, calib=args.calib,
+                       nsamples=args.nsamples or 16, seqlen=args.seqlen or 256,
+                       seed=args.seed if args.seed is not None else 0)  # fmt: skip
+    cfg.validate()
+    model, tok = load_model(args.model, device=args.device)
+    res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet)
+    return {"metric": res.metric, "objective": res.objective, "trials": res.trials, "distinct": res.distinct,
+            "seconds": round(res.seconds, 1), "block_sparsity": res.block_sparsity, "out": res.out_dir,
+            "recipe": str(Path(res.out_dir) / "optishear_recipe.json")}  # fmt: skip
+
+
+__all__ = ["SearchConfig", "SearchResult", "TrialRunner", "search", "repair_offsets"]
