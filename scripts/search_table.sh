@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's search table on SmolLM2-135M: a metric search, then a block-sparsity search with the found
+# metric, then every method applied with the baselines' calibration (32 x 512) and evaluated on 40 x 512.
+# Usage: bash scripts/search_table.sh [OUT_DIR]   (about 45 minutes on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs}
+WIKI=${OPTISHEAR_SHARED:-../shared}/data/wikitext-2-raw
+mkdir -p "$OUT"
+SEARCH=(--calib "$WIKI/wiki.valid.raw" --nsamples 4 --seqlen 256 --sparsity 0.5 --objective fro --seed 0 --quiet --json)
+EVAL=(--calib "$WIKI/wiki.valid.raw" --nsamples 32 --seqlen 512 --seed 0 --eval-ppl "$WIKI/wiki.test.raw"
+      --eval-seqlen 512 --eval-windows 40 --quiet --json)
+
+optishear search --space metric --pop-size 16 --generations 8 --out "$OUT/search-metric" "${SEARCH[@]}" \
+  | tail -n 1 > "$OUT/search-metric.json"
+METRIC=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['metric'])" "$OUT/search-metric.json")
+optishear search --space blocks --metric "$METRIC" --pop-size 16 --generations 6 --out "$OUT/search-blocks" \
+  "${SEARCH[@]}" | tail -n 1 > "$OUT/search-blocks.json"
+
+optishear prune --metric wanda --block-sparsity owl "${EVAL[@]}" | tail -n 1 > "$OUT/eval-owl-wanda.json"
+optishear prune --metric "$METRIC" --sparsity 0.5 "${EVAL[@]}" | tail -n 1 > "$OUT/eval-searched-metric.json"
+optishear prune --metric "$METRIC" --block-sparsity "$OUT/search-blocks/optishear_recipe.json" "${EVAL[@]}" \
+  | tail -n 1 > "$OUT/eval-searched-metric-blocks.json"
+optishear prune --recipe "$OUT/search-metric/optishear_recipe.json" "${EVAL[@]}" | tail -n 1 \
+  > "$OUT/eval-searched-metric-recipe.json"
+tail -n 1 "$OUT"/*.json

@@ -1,0 +1,163 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from optishear import PruneConfig, model_linears, prune
+from optishear.search import SearchConfig, TrialRunner, _Encoding, repair_offsets, search
+from optishear_kernels import MetricConfig, population_prune
+
+from ..conftest import random_windows, tiny_llama
+
+
+def _cfg(**kw):
+    base = dict(space="joint", pop_size=8, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _run(tmp_path, name, cfg, **kw):
+    return search(tiny_llama(layers=4), None, cfg, tmp_path / name, windows=random_windows(4, 32), progress=False,
+                  **kw)  # fmt: skip
+
+
+def test_search_end_to_end_writes_every_output(tmp_path):
+    res = _run(tmp_path, "run", _cfg())
+    out = tmp_path / "run"
+    for f in ("config.json", "trials.jsonl", "pareto.json", "history.json", "optishear_recipe.json", "search.png"):
+        assert (out / f).is_file(), f
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) <= res.trials and res.distinct <= len(trials)
+    assert sum(t["evaluated"] for t in trials) == res.distinct
+    assert len(res.history) == 3 and res.history[-1]["best"] == pytest.approx(min(t["objective"] for t in trials))
+    # Wanda at uniform sparsity is in the first population, so the search is never worse than Wanda.
+    wanda = [t for t in trials if t["metric"] == MetricConfig().spec and len(set(t["block_sparsity"])) == 1]
+    assert wanda and res.objective <= wanda[0]["objective"]
+    assert abs(np.mean(res.block_sparsity) - 0.5) < 1e-12
+
+
+def test_recipe_of_a_search_reproduces_its_model(tmp_path):
+    res = _run(tmp_path, "run", _cfg(space="metric"))
+    recipe = json.loads((tmp_path / "run" / "optishear_recipe.json").read_text())
+    from optishear.evaluate import DenseOutputs, reconstruction_error
+    from optishear.recipe import recipe_config
+
+    model, windows = tiny_llama(layers=4), random_windows(4, 32)
+    dense = DenseOutputs(model, windows, batch_size=2)
+    prune(model, config=recipe_config(recipe), windows=windows, progress=False)
+    assert reconstruction_error(model, dense, "fro") == pytest.approx(res.objective, rel=1e-6)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
+    cfg = _cfg(generations=4)
+    full = _run(tmp_path, "full", cfg)
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def kill_after_7(rec):
+        seen.append(rec)
+        if len(seen) == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(tmp_path, "cut", cfg, on_trial=kill_after_7)
+    lines = (tmp_path / "cut" / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 7  # every finished trial was on disk at the kill
+    with pytest.raises(FileExistsError):
+        _run(tmp_path, "cut", cfg)
+    rerun = []
+    resumed = _run(tmp_path, "cut", cfg, resume=True, on_trial=rerun.append)
+    done_keys = {json.loads(line)["key"] for line in lines}
+    assert not done_keys & {r["key"] for r in rerun}, "a finished trial was evaluated again"
+    assert (resumed.metric, resumed.block_sparsity, resumed.objective) == (full.metric, full.block_sparsity,
+                                                                           full.objective)  # fmt: skip
+    assert [h["best"] for h in resumed.history] == [h["best"] for h in full.history]
+    assert resumed.pareto == full.pareto
+    with pytest.raises(ValueError, match="different configuration"):
+        _run(tmp_path, "cut", _cfg(generations=5), resume=True)
+
+
+def test_same_seed_same_search(tmp_path):
+    a = _run(tmp_path, "a", _cfg(space="metric"))
+    b = _run(tmp_path, "b", _cfg(space="metric"))
+    assert (a.metric, a.objective, a.distinct) == (b.metric, b.objective, b.distinct)
+
+
+DEDUPE_CLASSES = [
+    # Per-row or global positive factors leave every per-row mask unchanged.
+    [(0, 0, 0, 0), (1, 0, 0, 0), (4, 0, 0, 0), (5, 0, 0, 0), (6, 0, 0, 0), (0, 0, 1, 0), (0, 0, 4, 0), (0, 0, 5, 0),
+     (0, 0, 6, 0), (1, 0, 4, 0)],
+    # exp and softmax differ by a positive per-row factor (W side) or a global one (X side).
+    [(0, 3, 0, 0), (0, 6, 0, 0), (1, 3, 0, 0)],
+    [(0, 0, 0, 3), (0, 0, 0, 6), (0, 0, 4, 3)],
+    # Equal power ratios: |W|^2 * X^(1/2) ranks like |W| * X^(1/4).
+    [(0, 2, 0, 0), (0, 0, 0, 1)],
+    # 1/X_j * (sqrt X_j)^2 = 1: the X side is constant, so this is magnitude.
+    [(0, 0, 2, 2), (1, 0, 2, 2)],
+    [(2, 0, 0, 0)],
+    [(0, 1, 0, 0)],
+    [(0, 4, 0, 0)],
+]
+
+
+def test_dedupe_classes_share_masks_and_differ_between_classes():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(24, 96, generator=g), torch.rand(96, generator=g) * 3 + 0.1
+    class_masks = []
+    for cls in DEDUPE_CLASSES:
+        masks = population_prune(w, x, [MetricConfig(*c) for c in cls], [0.5] * len(cls))
+        for i in range(1, len(cls)):
+            assert torch.equal(masks[0], masks[i]), (cls[0], cls[i])
+        class_masks.append(masks[0])
+    for i in range(len(class_masks)):
+        for j in range(i + 1, len(class_masks)):
+            assert not torch.equal(class_masks[i], class_masks[j]), (DEDUPE_CLASSES[i][0], DEDUPE_CLASSES[j][0])
+
+
+def test_trial_runner_shares_one_evaluation_per_mask_class():
+    model, windows = tiny_llama(), random_windows(4, 32)
+    runner = TrialRunner(model, windows, _cfg(space="metric"))
+    a = runner.run("w:none*none,x:none*none", [0.5, 0.5])
+    b = runner.run("w:row*none,x:total*none", [0.5, 0.5])
+    c = runner.run("w:none*sqrt,x:none*none", [0.5, 0.5])
+    assert a["evaluated"] and not b["evaluated"] and c["evaluated"]
+    assert a["mask_hash"] == b["mask_hash"] != c["mask_hash"] and a["objective"] == b["objective"]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_repair_keeps_the_mean_sparsity_exact_for_every_candidate(limit):
+    rng = np.random.RandomState(0)
+    cfg = _cfg(space="blocks", band=0.05 * limit, step=0.05)
+    enc = _Encoding(cfg, 30, [100] * 30, False, True)
+    X = enc.repair(rng.uniform(-limit - 1, limit + 1, size=(500, 30)))
+    for x in X:
+        _, blocks, target = enc.decode(x, "wanda")
+        assert abs(np.mean(blocks) - target) < 1e-12
+        assert all(abs(b - target) <= cfg.band + 1e-12 for b in blocks)
+    assert repair_offsets(np.array([1, 1, 1]), np.array([1, 1, 1]), 1).sum() == 0
+
+
+def test_bad_search_config():
+    for kw, match in [(dict(space="everything"), "space must be"), (dict(sparsity=1.2), "sparsity"),
+                      (dict(structure="2:4", space="blocks"), "only --space metric"),
+                      (dict(objective="l1"), "objective"), (dict(pop_size=0), "pop_size")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            _cfg(**kw).validate()
+
+
+def test_owl_block_sparsity_mean_is_the_target():
+    from optishear.owl import owl_block_sparsity
+
+    s = owl_block_sparsity([0.01, 0.05, 0.02, 0.03], 0.5, 0.08)
+    assert abs(np.mean(s) - 0.5) < 1e-12 and max(s) - min(s) == pytest.approx(0.16)
+    assert s[1] == min(s)  # the block with most outliers is pruned least
+    model = tiny_llama(layers=3)
+    res = prune(model, config=PruneConfig(block_sparsity="owl", nsamples=4, seqlen=32, batch_size=2),
+                windows=random_windows(), progress=False)  # fmt: skip
+    assert len(set(res.block_sparsity)) > 1 and abs(np.mean(res.block_sparsity) - 0.5) < 1e-9
+    for i, refs in enumerate(model_linears(model)):
+        for r in refs:
+            assert ((r.weight2d() == 0).sum(1) == int(r.in_features * res.block_sparsity[i])).all()
