@@ -12,9 +12,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
-
-
 def wikitext_rows(raw: str) -> list[str]:
     """Rows of a WikiText raw file exactly as Hugging Face ``datasets`` gives them."""
     return [line if line.strip() else "" for line in raw.splitlines(keepends=True)]

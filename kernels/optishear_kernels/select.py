@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+_WORKERS = max(1, min(4, torch.get_num_threads()))
 _POOL: ThreadPoolExecutor | None = None
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max(1, min(4, torch.get_num_threads())))
+        _POOL = ThreadPoolExecutor(_WORKERS)
     return _POOL
 
 
@@ -36,7 +37,7 @@ def row_threshold(score: torch.Tensor, k: int) -> torch.Tensor:
         return torch.kthvalue(score, k, dim=1).values
     arr = score.numpy()
     rows = arr.shape[0]
-    n_chunks = _pool()._max_workers if rows >= 256 else 1
+    n_chunks = _WORKERS if rows >= 256 else 1
     if n_chunks <= 1:
         return torch.from_numpy(np.partition(arr, k - 1, axis=1)[:, k - 1].copy())
     bounds = np.linspace(0, rows, n_chunks + 1).astype(int)

@@ -108,13 +108,30 @@ def test_nm_prune_dtypes(dtype, nm):
     _check_equal(a, b, f"{dtype} {nm}")
 
 
-def test_row_prune_long_rows_multi_pass():
-    """A Llama-2 MLP-down row length (11008 > one 8192 block): the 32-pass select over a 16384-wide tile."""
-    w, x = _inputs((3, 11008), torch.float32, 5)
-    for cfg in (MetricConfig(0, 0, 0, 0), MetricConfig(1, 1, 0, 4)):
-        a = fused_prune_torch(w, x, cfg, sparsity=0.5, write_mask=True)
-        b = fused_prune_triton(w, x, cfg, sparsity=0.5, write_mask=True)
-        _check_equal(a, b, cfg.spec)
+@pytest.mark.parametrize("cols", [4097, 11008])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_long_rows_chunked_radix_select(cols, dtype):
+    """Rows longer than one register tile: four histogram passes + a writing pass over 2048-column chunks."""
+    w, x = _inputs((3, cols), dtype, cols)
+    for cfg, s in ((MetricConfig(0, 0, 0, 0), 0.5), (MetricConfig(3, 6, 2, 1), 0.7), (MetricConfig(7, 4, 0, 4), 0.0)):
+        a = fused_prune_torch(w, x, cfg, sparsity=s, write_mask=True)
+        b = fused_prune_triton(w, x, cfg, sparsity=s, write_mask=True)
+        _check_equal(a, b, f"{cfg.spec} {cols} {s}")
+
+
+@pytest.mark.parametrize("structure", [None, (2, 4)])
+def test_in_place_writes_only_zeros_and_matches(structure):
+    w, x = _inputs((9, 64), torch.float32, 2)
+    kw = dict(nm=structure) if structure else dict(sparsity=0.5)
+    ref = fused_prune_torch(w.clone(), x, MetricConfig(1, 1, 2, 0), **kw).weight
+    target = w.clone()
+    out = fused_prune_triton(target, x, MetricConfig(1, 1, 2, 0), inplace=True, **kw)
+    assert out.weight is target and torch.equal(target, ref)
+    storage = w.t().contiguous()  # [in, out], as GPT-2's Conv1D stores it
+    view = storage.t()  # a non-contiguous [out, in] view
+    assert view.stride(1) != 1
+    fused_prune_triton(view, x, MetricConfig(1, 1, 2, 0), inplace=True, **kw)
+    assert torch.equal(storage.t(), ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
