@@ -43,12 +43,16 @@ def optishear_style_trial(path, windows, metric):
     return reconstruction_error(model, dense, "fro")
 
 
-@pytest.mark.parametrize("provider", ["optishear-style", "ours"])
+@pytest.mark.parametrize("provider", ["optishear-style", "ours", "ours-faithful"])
 def test_one_trial(benchmark, machine_info, setup, provider):
     path, model, windows = setup
     machine_info(provider=provider, case=f"SmolLM2-135M, {NSAMPLES}x{SEQLEN} calibration, 50% unstructured")
-    if provider == "ours":
-        runner = TrialRunner(model, windows, SearchConfig(nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=4))
+    if provider.startswith("ours"):
+        stats = "faithful" if provider == "ours-faithful" else "fast"
+        runner = TrialRunner(model, windows, SearchConfig(nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=4, stats=stats))
+        wanda = runner.run("w:none*none,x:none*none", [0.5] * len(runner.linears))
+        benchmark.extra_info["wanda_objective"] = wanda["objective"]  # quality of this statistics mode
+        runner.by_hash.clear()
 
         def trial():
             rec = runner.run(next(METRICS), [0.5] * len(runner.linears))

@@ -132,6 +132,32 @@ if triton is not None:
         tl.store(ptr + bidx, byte.to(tl.uint8), mask=(bidx < (n_cols + 7) // 8) & live)
 
     @triton.jit
+    def _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF: tl.constexpr):
+        """The operands shared by every row: X part, column coefficient tile, scalar coefficient."""
+        xp = tl.load(xp_ptr + cols, mask=cmask, other=0.0)
+        cvec = xp
+        if COEF == 2 or COEF == 3 or COEF == 7:
+            cvec = tl.load(cv_ptr + cols, mask=cmask, other=1.0)
+        sc = 1.0
+        if COEF == 4:
+            sc = tl.load(sc_ptr)
+        return xp, cvec, sc
+
+    @triton.jit
+    def _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF: tl.constexpr, UW: tl.constexpr):
+        """One row's operands: its coefficient, and its max / softmax sum for exp and softmax."""
+        rv = 1.0
+        if COEF == 1 or COEF == 3 or COEF == 7:
+            rv = tl.load(rv_ptr + row, mask=live, other=1.0)
+        rmax = 0.0
+        if UW == 3 or UW == 6:
+            rmax = tl.load(rmax_ptr + row, mask=live, other=0.0)
+        rexp = 1.0
+        if UW == 6:
+            rexp = tl.load(rexp_ptr + row, mask=live, other=1.0)
+        return rv, rmax, rexp
+
+    @triton.jit
     def _row_prune_kernel(
         w_ptr, xp_ptr, out_ptr, packed_ptr,
         rv_ptr, cv_ptr, sc_ptr, rmax_ptr, rexp_ptr,
@@ -143,26 +169,12 @@ if triton is not None:
         # coefficients) are read once per program and reused by every row: per weight, W is read once.
         cols = tl.arange(0, BLOCK)
         cmask = cols < n_cols
-        xp = tl.load(xp_ptr + cols, mask=cmask, other=0.0)
-        cvec = xp
-        if COEF == 2 or COEF == 3 or COEF == 7:
-            cvec = tl.load(cv_ptr + cols, mask=cmask, other=1.0)
-        sc = 1.0
-        if COEF == 4:
-            sc = tl.load(sc_ptr)
+        xp, cvec, sc = _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF)
         for r in range(ROWS):
             row = (tl.program_id(0) * ROWS + r).to(tl.int64)  # int64 before multiplying by strides
             live = row < n_rows
             m = cmask & live
-            rv = 1.0
-            if COEF == 1 or COEF == 3 or COEF == 7:
-                rv = tl.load(rv_ptr + row, mask=live, other=1.0)
-            rmax = 0.0
-            if UW == 3 or UW == 6:
-                rmax = tl.load(rmax_ptr + row, mask=live, other=0.0)
-            rexp = 1.0
-            if UW == 6:
-                rexp = tl.load(rexp_ptr + row, mask=live, other=1.0)
+            rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF, UW)
             a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=m, other=0.0).to(tl.float32))
             s = _w_part(a, rv, cvec, sc, rmax, rexp, COEF, UW) * xp
             pruned = _select_row(_order_key(s), m, k)
@@ -200,15 +212,7 @@ if triton is not None:
         # at the threshold by a running prefix count. The row (22-56 KiB) stays in L1/L2 between passes,
         # so DRAM sees it once; scores are recomputed per pass and never stored.
         row = tl.program_id(0).to(tl.int64)
-        rv = 1.0
-        if COEF == 1 or COEF == 3 or COEF == 7:
-            rv = tl.load(rv_ptr + row)
-        rmax = 0.0
-        if UW == 3 or UW == 6:
-            rmax = tl.load(rmax_ptr + row)
-        rexp = 1.0
-        if UW == 6:
-            rexp = tl.load(rexp_ptr + row)
+        rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, True, COEF, UW)
         sc = 1.0
         if COEF == 4:
             sc = tl.load(sc_ptr)
@@ -263,27 +267,13 @@ if triton is not None:
         j = tl.arange(0, MP)
         cols = g[:, None] * M + j[None, :]
         cmask = (j < M)[None, :] & (cols < n_cols)
-        xp = tl.load(xp_ptr + cols, mask=cmask, other=0.0)
-        cvec = xp
-        if COEF == 2 or COEF == 3 or COEF == 7:
-            cvec = tl.load(cv_ptr + cols, mask=cmask, other=1.0)
-        sc = 1.0
-        if COEF == 4:
-            sc = tl.load(sc_ptr)
+        xp, cvec, sc = _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF)
         before_j = j[None, None, :] < j[None, :, None]
         for r in range(ROWS):
             row = (tl.program_id(0) * ROWS + r).to(tl.int64)
             live = row < n_rows
             m = cmask & live
-            rv = 1.0
-            if COEF == 1 or COEF == 3 or COEF == 7:
-                rv = tl.load(rv_ptr + row, mask=live, other=1.0)
-            rmax = 0.0
-            if UW == 3 or UW == 6:
-                rmax = tl.load(rmax_ptr + row, mask=live, other=0.0)
-            rexp = 1.0
-            if UW == 6:
-                rexp = tl.load(rexp_ptr + row, mask=live, other=1.0)
+            rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF, UW)
             a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=m, other=0.0).to(tl.float32))
             s = _w_part(a, rv, cvec, sc, rmax, rexp, COEF, UW) * xp
             key = tl.where(cmask, _order_key(s), tl.full(s.shape, 0xFFFFFFFF, tl.uint32))
