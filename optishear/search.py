@@ -50,6 +50,10 @@ class SearchConfig:
         stats: ``fast`` (dense activation statistics, computed once) or ``faithful`` (the sequential
             protocol in every trial).
         metric: the fixed metric of the ``blocks`` space.
+        population: ``on``: each generation's masks come from the kernels' population op first, so that
+            trials whose masks were seen are answered without pruning; ``auto``: on when the kernels run
+            in Triton (one read of W for the whole population); ``off``. On the CPU twin the op costs as
+            much as pruning each member, so auto leaves it off there.
     """
 
     space: str = "metric"
@@ -64,6 +68,7 @@ class SearchConfig:
     step: float = 0.05
     metric: str = "wanda"
     stats: str = "fast"
+    population: str = "auto"
     calib: str | None = None
     nsamples: int = 16
     seqlen: int = 256
@@ -81,6 +86,8 @@ class SearchConfig:
             raise ValueError("N:M fixes every block's sparsity: only --space metric applies")
         if self.objective not in ("fro", "kl"):
             raise ValueError(f"objective must be 'fro' or 'kl', got {self.objective!r}")
+        if self.population not in ("auto", "on", "off"):
+            raise ValueError(f"population must be auto, on or off, got {self.population!r}")
         if self.stats not in ("fast", "faithful"):
             raise ValueError(f"stats must be 'fast' or 'faithful', got {self.stats!r}")
         if not (self.step > 0 and self.band >= 0):
@@ -228,7 +235,10 @@ class TrialRunner:
             self.stats = sequential_walk(model, windows, self.linears, None, batch_size=cfg.batch_size,
                                          progress=progress)  # fmt: skip
         self.setup_seconds = time.perf_counter() - t0
-        self.by_hash: dict[str, float] = {}
+        from optishear_kernels import choose_backend
+
+        self.kernels_backend = choose_backend(next(model.parameters()))
+        self.by_hash: dict[str, tuple[float, float]] = {}  # mask hash -> (objective, achieved sparsity)
 
     def prune_config(self, metric: str, blocks: list[float]) -> PruneConfig:
         c = self.cfg
@@ -252,15 +262,48 @@ class TrialRunner:
             h.update(masks[name].cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    def run(self, metric: str, blocks: list[float]) -> dict:
+    def run(self, metric: str, blocks: list[float], known_hash: str | None = None) -> dict:
+        """One trial. ``known_hash``: its mask hash when already known (``population_hashes``): a trial whose
+        masks were evaluated before is then answered without pruning."""
         t0 = time.perf_counter()
-        res = self.apply(metric, blocks)
-        h = self.mask_hash(res.masks)
-        evaluated = h not in self.by_hash
-        if evaluated:
-            self.by_hash[h] = reconstruction_error(self.model, self.dense, self.cfg.objective)
-        return {"metric": metric, "block_sparsity": blocks, "sparsity": res.sparsity, "objective": self.by_hash[h],
-                "mask_hash": h, "evaluated": evaluated, "seconds": time.perf_counter() - t0}  # fmt: skip
+        if known_hash is not None and known_hash in self.by_hash:
+            h = known_hash
+        else:
+            res = self.apply(metric, blocks)
+            h = self.mask_hash(res.masks)
+            if h not in self.by_hash:
+                err = reconstruction_error(self.model, self.dense, self.cfg.objective)
+                self.by_hash[h] = (err, res.sparsity)
+                return {"metric": metric, "block_sparsity": blocks, "sparsity": res.sparsity, "objective": err,
+                        "mask_hash": h, "evaluated": True, "seconds": time.perf_counter() - t0}  # fmt: skip
+        err, sparsity = self.by_hash[h]
+        return {"metric": metric, "block_sparsity": blocks, "sparsity": sparsity, "objective": err, "mask_hash": h,
+                "evaluated": False, "seconds": time.perf_counter() - t0}  # fmt: skip
+
+    def population_hashes(self, members: list[tuple[str, list[float]]]) -> list[str] | None:
+        """Mask hashes of a whole population from the kernels' population op, without pruning anything:
+        one launch per layer reads W once for all members (fast statistics, unstructured, row-scoped
+        metrics). Equal to the hashes ``run`` computes. None where the op does not apply."""
+        from optishear_kernels import population_prune
+
+        metrics = [resolve_metric(m) for m, _ in members]
+        if (self.stats is None or parse_structure(self.cfg.structure) is not None
+                or any(m.config is None for m in metrics)
+                or len({m.needs_activations for m in metrics}) > 1):  # fmt: skip
+            return None
+        self.snapshot.restore()
+        hashers = [hashlib.blake2b(digest_size=16) for _ in members]
+        refs = {r.full_name: r for block in self.linears for r in block}
+        for name in sorted(refs):
+            r = refs[name]
+            w = r.weight2d()
+            x = self.stats[r.block][r.name] if metrics[0].needs_activations else torch.ones(w.shape[1])
+            packed = population_prune(w, x.to(w.device), [m.config for m in metrics],
+                                      [blocks[r.block] for _, blocks in members])  # fmt: skip
+            for h, p in zip(hashers, packed):
+                h.update(name.encode())
+                h.update(p.cpu().contiguous().numpy().tobytes())
+        return [h.hexdigest() for h in hashers]
 
 
 def _read_trials(path: Path) -> list[dict]:
@@ -277,6 +320,7 @@ def _read_trials(path: Path) -> list[dict]:
 
 def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bool, search_blocks: bool,
            fixed_metric: str, log, cache: dict, history: list, counters: dict, on_trial=None):  # fmt: skip
+    population = cfg.population == "on" or (cfg.population == "auto" and runner.kernels_backend == "triton")
     from pymoo.algorithms.moo.nsga3 import NSGA3
     from pymoo.core.problem import Problem
     from pymoo.core.repair import Repair
@@ -309,20 +353,27 @@ def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bo
         X = pop.get("X")
         F = np.zeros((len(X), n_obj))
         t_gen, new_trials = time.perf_counter(), 0
+        keys = [f"{stage}:" + ",".join(str(int(v)) for v in x) for x in X]
+        for key in keys:  # what earlier (or resumed) trials already know about mask classes
+            if key in cache:
+                runner.by_hash.setdefault(cache[key]["mask_hash"], (cache[key]["objective"], cache[key]["sparsity"]))
+        todo = [j for j, key in enumerate(keys) if key not in cache]
+        known = {}
+        if todo and population:
+            hashes = runner.population_hashes([enc.decode(X[j], fixed_metric)[:2] for j in todo])
+            known = dict(zip(todo, hashes)) if hashes is not None else {}
         for j, x in enumerate(X):
-            key = f"{stage}:" + ",".join(str(int(v)) for v in x)
+            key = keys[j]
             rec = cache.get(key)
             if rec is None:
                 metric, blocks, _ = enc.decode(x, fixed_metric)
-                rec = {"stage": stage, "key": key, "generation": gen, **runner.run(metric, blocks)}
+                rec = {"stage": stage, "key": key, "generation": gen, **runner.run(metric, blocks, known.get(j))}
                 cache[key] = rec
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 new_trials += 1
                 if on_trial is not None:
                     on_trial(rec)
-            else:
-                runner.by_hash.setdefault(rec["mask_hash"], rec["objective"])
             counters["trials"] += 1
             counters["hashes"].add(rec["mask_hash"])
             records[key] = rec

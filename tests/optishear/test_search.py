@@ -161,3 +161,17 @@ def test_owl_block_sparsity_mean_is_the_target():
     for i, refs in enumerate(model_linears(model)):
         for r in refs:
             assert ((r.weight2d() == 0).sum(1) == int(r.in_features * res.block_sparsity[i])).all()
+
+
+def test_population_op_hashes_agree_with_trials(tmp_path):
+    """With the population op on, mask classes are known before pruning; the search is unchanged."""
+    off = _run(tmp_path, "off", _cfg(space="metric", population="off"))
+    on = _run(tmp_path, "on", _cfg(space="metric", population="on"))
+    assert (on.metric, on.objective, on.distinct, on.pareto) == (off.metric, off.objective, off.distinct, off.pareto)
+    read = lambda d: [json.loads(line) for line in (tmp_path / d / "trials.jsonl").read_text().splitlines()]  # noqa
+    assert [(r["mask_hash"], r["evaluated"]) for r in read("on")] == [(r["mask_hash"], r["evaluated"])
+                                                                       for r in read("off")]  # fmt: skip
+    runner = TrialRunner(tiny_llama(), random_windows(4, 32), _cfg(space="metric"))
+    members = [("w:none*none,x:none*none", [0.5, 0.4]), ("w:row*sqrt,x:col*log", [0.3, 0.6])]
+    hashes = runner.population_hashes(members)
+    assert hashes == [runner.run(m, b)["mask_hash"] for m, b in members]
