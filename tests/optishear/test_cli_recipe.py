@@ -76,3 +76,21 @@ def test_cli_block_sparsity_file_of_wrong_length(tiny_model_dir, tmp_path, capsy
     assert main(["prune", "--model", str(tiny_model_dir), "--metric", "magnitude", "--block-sparsity", str(f),
                  "--quiet"]) == 2  # fmt: skip
     assert "block_sparsity has 3 values but the model has 2 decoder blocks" in capsys.readouterr().err
+
+
+def test_cli_search_and_its_recipe_apply_as_is(tiny_model_dir, tmp_path, capsys):
+    wiki = need_wikitext()
+    out = tmp_path / "search"
+    argv = ["search", "--model", str(tiny_model_dir), "--space", "joint", "--pop-size", "4", "--generations", "2",
+            "--calib", str(wiki / "wiki.valid.raw"), "--nsamples", "2", "--seqlen", "32", "--out", str(out),
+            "--json", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    res = _last_json(capsys)
+    assert res["trials"] >= 4 and 1 <= res["distinct"] <= res["trials"]
+    assert main(argv + ["--resume"]) == 0  # a finished run resumes to the same answer without new trials
+    again = _last_json(capsys)
+    assert (again["metric"], again["objective"]) == (res["metric"], res["objective"])
+    assert main(["prune", "--model", str(tiny_model_dir), "--recipe", res["recipe"], "--json", "--quiet"]) == 0
+    applied = _last_json(capsys)
+    assert applied["metric"] == json.loads((out / "optishear_recipe.json").read_text())["metric"]
+    assert applied["sparsity"] == pytest.approx(0.5, abs=0.01)
