@@ -14,7 +14,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import torch
 from optishear import CalibSpec, DenseOutputs, PruneConfig, calibration_windows, load_model, prune
 from optishear import reconstruction_error
 from optishear.models import default_model_dir

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from . import backend
-from .metric import FLT_MIN, MetricConfig, WStats, meta_score, w_coef_operands, w_stats, x_part
+from .metric import FLT_MIN, MetricConfig, WStats, meta_score, w_coef_operands, x_part
 from .select import nm_mask, pack_mask, row_topk_mask
 
 try:
