@@ -68,6 +68,8 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     assert len(lines) == 7  # every finished trial was on disk at the kill
     with pytest.raises(FileExistsError):
         _run(tmp_path, "cut", cfg)
+    with (tmp_path / "cut" / "trials.jsonl").open("a") as f:
+        f.write('{"stage": "joint", "key": "joint:0,1')  # a line cut short by a kill -9 mid-write
     rerun = []
     resumed = _run(tmp_path, "cut", cfg, resume=True, on_trial=rerun.append)
     done_keys = {json.loads(line)["key"] for line in lines}
@@ -175,3 +177,19 @@ def test_population_op_hashes_agree_with_trials(tmp_path):
     members = [("w:none*none,x:none*none", [0.5, 0.4]), ("w:row*sqrt,x:col*log", [0.3, 0.6])]
     hashes = runner.population_hashes(members)
     assert hashes == [runner.run(m, b)["mask_hash"] for m, b in members]
+
+
+def test_faithful_statistics_kl_objective_and_tradeoff_front(tmp_path):
+    fast = _run(tmp_path, "fast", _cfg(space="metric", generations=1, objective="kl"))
+    faithful = _run(tmp_path, "faithful", _cfg(space="metric", generations=1, objective="kl", stats="faithful"))
+    read = lambda d: {json.loads(line)["metric"]: json.loads(line)["objective"]  # noqa: E731
+                      for line in (tmp_path / d / "trials.jsonl").read_text().splitlines()}  # fmt: skip
+    wanda = MetricConfig().spec
+    assert read("fast")[wanda] != read("faithful")[wanda]  # block 1's statistics see pruned block 0
+    assert fast.objective > 0 and faithful.objective > 0
+    front = _run(tmp_path, "front", _cfg(space="metric", tradeoff=True, sparsity_levels=[0.3, 0.5, 0.7],
+                                         pop_size=12, generations=3)).pareto  # fmt: skip
+    sparsities = sorted({round(p["sparsity"], 2) for p in front})
+    assert len(sparsities) >= 2
+    by_s = {round(p["sparsity"], 2): p["objective"] for p in front}
+    assert by_s[sparsities[0]] < by_s[sparsities[-1]]  # more sparsity costs more error on the front
