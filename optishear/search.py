@@ -101,6 +101,8 @@ class SearchConfig:
         if self.tradeoff:
             for s in self.sparsity_levels:
                 check_sparsity(s, "sparsity_levels")
+                if self.space != "metric" and (s - self.band < 0 or s + self.band >= 1):
+                    raise ValueError(f"sparsity level {s} +- band {self.band} leaves [0, 1)")
         resolve_metric(self.metric)
 
     @property
