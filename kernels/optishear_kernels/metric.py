@@ -141,16 +141,17 @@ class WStats:
     row_exp_sum: torch.Tensor
 
 
-def w_stats(w: torch.Tensor, cfg: MetricConfig) -> WStats | None:
+def w_stats(w: torch.Tensor, cfg: MetricConfig, *, is_abs: bool = False) -> WStats | None:
     """Pre-pass reductions over |W| that ``cfg`` needs; None when it needs none.
 
     Only the reductions the configuration uses are computed; the others are empty tensors.
+    ``is_abs``: ``w`` is already |W| in float32 (``meta_score`` has it), so no copy is made.
     """
     needs_coef = cfg.cw != 0
     needs_soft = cfg.uw in (3, 6)
     if not (needs_coef or needs_soft):
         return None
-    a = w.detach().abs().to(torch.float32)
+    a = w.detach() if is_abs else w.detach().abs().to(torch.float32)
     empty = a.new_empty(0)
     row_sum = col_sum = total = sq_sum = row_max = row_exp_sum = empty
     if cfg.cw in (1, 3, 7):
@@ -273,7 +274,7 @@ def meta_score(
         a = torch.abs(w, out=out) if w.dtype == torch.float32 else out.copy_(w).abs_()
     else:
         a = w.abs().to(torch.float32)
-    stats = w_stats(a, cfg)
+    stats = w_stats(a, cfg, is_abs=True)
     row_max = row_exp_sum = None
     if cfg.uw in (3, 6):
         row_max = stats.row_max[:, None]
