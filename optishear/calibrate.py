@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from optishear_kernels import ActNorm
+from optishear_kernels import ActNorm, all_finite
 from tqdm.auto import tqdm
 
 from .models import LinearRef, find_blocks
@@ -65,7 +65,7 @@ def capture_block_inputs(model, windows: torch.Tensor, batch_size: int = 8) -> B
     finally:
         handle.remove()
     for i, hs in enumerate(got.hidden):
-        if not torch.isfinite(hs).all():
+        if not all_finite(hs):
             raise FloatingPointError(f"NaN or inf in the inputs of decoder block 0 (calibration batch {i})")
     return got
 
@@ -124,7 +124,7 @@ def sequential_walk(
         stats = {}
         for r in refs:
             x = acc[r.name].mean()
-            if not torch.isfinite(x).all():
+            if not all_finite(x):
                 raise FloatingPointError(f"NaN or inf in the activations entering layer {r.full_name}")
             stats[r.name] = x.cpu()
         all_stats.append(stats)
@@ -132,7 +132,7 @@ def sequential_walk(
             on_block(i, refs, stats)
             outs = _run_block(block, inputs, device)
         for j, o in enumerate(outs):
-            if not torch.isfinite(o).all():
+            if not all_finite(o):
                 raise FloatingPointError(f"NaN or inf in the outputs of decoder block {i} (calibration batch {j})")
         inputs.hidden = outs
         bar.update(1)

@@ -57,43 +57,145 @@ def perplexity(
     return ppl, n
 
 
+class _HeadStop(Exception):
+    """Ends a forward at the output head once its input is captured."""
+
+
+class _HeadInput:
+    """Forward pre-hook on the output head: records its input; with ``stop`` skips the head itself."""
+
+    def __init__(self, head, stop: bool):
+        self.stop = stop
+        self.value = None
+        self.handle = head.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.value = args[0]
+        if self.stop:
+            raise _HeadStop
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _head_inputs(model, ids: torch.Tensor) -> torch.Tensor:
+    """The output head's input for ``ids`` ([b, t, d]), without computing the logits."""
+    hook = _HeadInput(model.get_output_embeddings(), stop=True)
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _HeadStop:
+        pass
+    finally:
+        hook.remove()
+    if hook.value is None:
+        raise RuntimeError("the model's forward never reached its output head")
+    return hook.value
+
+
 class DenseOutputs:
-    """The dense model's logits on calibration windows, computed once, held in memory or streamed from disk.
+    """The dense model's outputs on calibration windows, computed once, held in memory or streamed from disk.
+
+    For the Frobenius objective, when the model's logits are exactly a linear map of the head's input
+    (``logits = H W^T + b``: LLaMA, Mistral, Qwen, GPT-2, OPT...), only ``H`` is kept and
+    ``||L_pruned - L_dense||_F^2 = sum_t d_t^T G d_t`` with ``d = H_pruned - H_dense`` and ``G = W^T W``
+    (float64, [d, d], computed once). A trial then never materialises logits: on SmolLM2 that skips a
+    576 x 49152 matmul per token and a 200 MB difference per batch. Whether the head is linear is checked on
+    the first batch against the model's own logits (Gemma's soft-capping, say, fails it), and the logits are
+    kept instead when it is not.
 
     Args:
         model: the dense model (call before pruning).
         windows: [n, seqlen] calibration tokens.
         batch_size: windows per forward.
+        objective: ``"fro"`` (keep what the Frobenius error needs), ``"kl"`` (keep logits) or ``"any"`` (both).
         max_memory_bytes: above this the logits go to files in ``spill_dir`` (one per batch).
     """
 
     @torch.no_grad()
-    def __init__(self, model, windows: torch.Tensor, *, batch_size: int = 4, max_memory_bytes: int = 2 << 30,
-                 spill_dir: str | os.PathLike | None = None, progress: bool = False):  # fmt: skip
+    def __init__(self, model, windows: torch.Tensor, *, batch_size: int = 4, objective: str = "any",
+                 max_memory_bytes: int = 2 << 30, spill_dir: str | os.PathLike | None = None,
+                 progress: bool = False):  # fmt: skip
+        if objective not in ("fro", "kl", "any"):
+            raise ValueError(f"objective must be 'fro', 'kl' or 'any', got {objective!r}")
         self.windows = windows
         self.batch_size = batch_size
+        self.gram: torch.Tensor | None = None
+        self._hidden: list[torch.Tensor] = []
         self._mem: list[torch.Tensor] = []
         self._files: list[Path] = []
         self._tmp = None
         device = next(model.parameters()).device
-        vocab = model.get_output_embeddings().weight.shape[0]
-        on_disk = windows.numel() * vocab * 4 > max_memory_bytes
+        head = model.get_output_embeddings()
+        vocab = head.weight.shape[0]
+        starts = list(range(0, windows.shape[0], batch_size))
+        # Batch 0 runs in full: its logits decide whether the head is linear (and are kept if logits are).
+        hook = _HeadInput(head, stop=False)
+        try:
+            logits0 = model(input_ids=windows[:batch_size].to(device), use_cache=False).logits.float()
+        finally:
+            hook.remove()
+        if objective != "kl" and self._linear_head(head, hook.value, logits0):
+            w = head.weight.detach().to(torch.float64)
+            self.gram = w.T @ w
+            self._hidden.append(hook.value.detach().float().cpu())
+        keep_logits = objective != "fro" or self.gram is None
+        on_disk = keep_logits and windows.numel() * vocab * 4 > max_memory_bytes
         if on_disk:
             self._tmp = tempfile.TemporaryDirectory(prefix="optishear-dense-", dir=spill_dir)
-        for j, i in enumerate(tqdm(range(0, windows.shape[0], batch_size), desc="dense outputs", disable=not progress)):
-            logits = model(input_ids=windows[i : i + batch_size].to(device), use_cache=False).logits.float().cpu()
-            if on_disk:
-                path = Path(self._tmp.name) / f"batch{j}.pt"
-                torch.save(logits, path)
-                self._files.append(path)
-            else:
-                self._mem.append(logits)
+        for j, i in enumerate(tqdm(starts, desc="dense outputs", disable=not progress)):
+            ids = windows[i : i + batch_size].to(device)
+            if keep_logits:
+                if j == 0:
+                    logits = logits0.cpu()
+                else:
+                    hook = _HeadInput(head, stop=False)
+                    try:
+                        logits = model(input_ids=ids, use_cache=False).logits.float().cpu()
+                    finally:
+                        hook.remove()
+                    if self.gram is not None:
+                        self._hidden.append(hook.value.detach().float().cpu())
+                if on_disk:
+                    path = Path(self._tmp.name) / f"batch{j}.pt"
+                    torch.save(logits, path)
+                    self._files.append(path)
+                else:
+                    self._mem.append(logits)
+            elif j > 0:
+                self._hidden.append(_head_inputs(model, ids).detach().float().cpu())
+        del logits0
+
+    @staticmethod
+    def _linear_head(head, hidden, logits) -> bool:
+        weight = getattr(head, "weight", None)
+        if hidden is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return False
+        bias = getattr(head, "bias", None)
+        expected = F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+        if expected.shape != logits.shape:
+            return False
+        tol = 1e-4 * max(float(expected.abs().max()), 1.0)
+        ok = bool((expected - logits).abs().max() <= tol)
+        if not ok:
+            logger.info("the output head is not a plain linear map of its input: the objective uses full logits")
+        return ok
+
+    @property
+    def has_logits(self) -> bool:
+        return bool(self._files or self._mem)
 
     def __len__(self) -> int:
-        return len(self._files) or len(self._mem)
+        return len(self._files) or len(self._mem) or len(self._hidden)
 
     def batch(self, j: int) -> torch.Tensor:
+        """The dense logits of batch ``j`` [b, seqlen, vocab] (float32)."""
+        if not self.has_logits:
+            raise ValueError("these DenseOutputs hold no logits (built with objective='fro'): use 'kl' or 'any'")
         return torch.load(self._files[j]) if self._files else self._mem[j]
+
+    def hidden(self, j: int) -> torch.Tensor:
+        """The dense head input of batch ``j`` [b, seqlen, d] (float32); only when ``gram`` is set."""
+        return self._hidden[j]
 
 
 @torch.no_grad()
@@ -101,17 +203,25 @@ def reconstruction_error(model, dense: DenseOutputs, kind: str = "fro") -> float
     """Model-wise error between ``dense`` outputs and ``model``'s on the same windows, batch by batch.
 
     kind:
-        ``"fro"``: Frobenius norm of the logits difference over all windows (OptiShear v1);
+        ``"fro"``: Frobenius norm of the logits difference over all windows (OptiShear v1), through the
+        head's Gram matrix when ``dense`` has it (same value, float64, no logits computed);
         ``"kl"``: mean over tokens of KL(dense || pruned) of next-token distributions.
     """
     if kind not in ("fro", "kl"):
         raise ValueError(f"objective kind must be 'fro' or 'kl', got {kind!r}")
     device = next(model.parameters()).device
+    gram = dense.gram if kind == "fro" else None
+    if gram is not None:
+        gram = gram.to(device)
     sq, kl, tokens = 0.0, 0.0, 0
     for j, i in enumerate(range(0, dense.windows.shape[0], dense.batch_size)):
+        ids = dense.windows[i : i + dense.batch_size].to(device)
+        if gram is not None:
+            d = (_head_inputs(model, ids).float() - dense.hidden(j).to(device)).reshape(-1, gram.shape[0]).double()
+            sq += float(((d @ gram) * d).sum())
+            continue
         ref = dense.batch(j)
-        logits = model(input_ids=dense.windows[i : i + dense.batch_size].to(device), use_cache=False).logits
-        logits = logits.float().cpu()
+        logits = model(input_ids=ids, use_cache=False).logits.float().cpu()
         if kind == "fro":
             sq += float((logits - ref).double().square().sum())
         else:
@@ -119,7 +229,7 @@ def reconstruction_error(model, dense: DenseOutputs, kind: str = "fro") -> float
             lp = F.log_softmax(logits, dim=-1)
             kl += float((lp_ref.exp() * (lp_ref - lp)).sum(dtype=torch.float64))
             tokens += ref.shape[0] * ref.shape[1]
-    value = math.sqrt(sq) if kind == "fro" else kl / tokens
+    value = math.sqrt(max(sq, 0.0)) if kind == "fro" else kl / tokens
     if not math.isfinite(value):
         raise FloatingPointError(f"reconstruction error ({kind}) is not finite")
     return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from optishear_kernels import RIA, WANDA, MetricConfig, fused_prune, nm_mask, pack_mask, row_topk_mask
+from optishear_kernels import RIA, WANDA, MetricConfig, all_finite, fused_prune, nm_mask, pack_mask, row_topk_mask
 
 NAMED = ("magnitude", "magnitude-row", "wanda", "ria")
 
@@ -83,7 +83,7 @@ def prune_matrix(
         )  # fmt: skip
         return out.packed_mask
     # Whole-matrix magnitude (Wanda's code's "magnitude"): int(numel * s) smallest |W| in the whole matrix.
-    if not torch.isfinite(w2d).all():
+    if not all_finite(w2d):
         raise ValueError("w contains NaN or inf")
     score = w2d.abs().float()
     if nm is not None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from optishear_kernels import all_finite
+
 from .calibrate import sequential_walk
 from .config import PruneConfig, check_sparsity, parse_structure
 from .data import CalibSpec, calibration_windows
@@ -73,7 +75,7 @@ def _check_model(linears: list[list[LinearRef]], nm) -> None:
     for refs in linears:
         for r in refs:
             w = r.weight2d()
-            if not torch.isfinite(w).all():
+            if not all_finite(w):
                 raise ValueError(f"weights of layer {r.full_name} contain NaN or inf")
             if nm is not None and w.shape[1] % nm[1]:
                 raise ValueError(
@@ -129,6 +131,7 @@ def prune(
     stats: list[dict[str, torch.Tensor]] | None = None,
     keep_masks: bool = False,
     backend_name: str | None = None,
+    snapshot: WeightSnapshot | None = None,
     progress: bool = True,
     **overrides,
 ) -> PruneResult:
@@ -142,6 +145,8 @@ def prune(
         stats: precomputed per-block activation statistics (the search's fast mode); skips calibration.
         keep_masks: return bit-packed masks per layer.
         backend_name: kernels backend (auto / torch / triton).
+        snapshot: a ``WeightSnapshot`` that already holds the weights as they are now (the search keeps the
+            dense ones): the restore on error uses it instead of copying every weight again.
         progress: show progress bars.
 
     Returns:
@@ -159,7 +164,7 @@ def prune(
         raise ValueError(f"stats cover {len(stats)} blocks but the model has {len(linears)}")
 
     t0 = time.perf_counter()
-    snapshot = WeightSnapshot()
+    snapshot = snapshot if snapshot is not None else WeightSnapshot()
     masks: dict[str, torch.Tensor] | None = {} if keep_masks else None
 
     def on_block(i, refs, block_stats):
@@ -198,7 +203,7 @@ def prune(
     for refs in linears:
         for r in refs:
             w = r.module.weight.data
-            z = int((w == 0).sum())
+            z = w.numel() - int(torch.count_nonzero(w))
             layer_sparsity[r.full_name] = z / w.numel()
             zeros += z
             total += w.numel()

@@ -231,7 +231,8 @@ class TrialRunner:
         self.linears = model_linears(model, cfg.targets, cfg.ignore)
         self.snapshot = WeightSnapshot().save_all(self.linears)
         t0 = time.perf_counter()
-        self.dense = DenseOutputs(model, windows, batch_size=cfg.batch_size, progress=progress)
+        self.dense = DenseOutputs(model, windows, batch_size=cfg.batch_size, objective=cfg.objective,
+                                  progress=progress)  # fmt: skip
         self.stats = None
         if cfg.stats == "fast":
             self.stats = sequential_walk(model, windows, self.linears, None, batch_size=cfg.batch_size,
@@ -254,7 +255,7 @@ class TrialRunner:
         """Restore the dense weights, then prune with (metric, blocks); returns the PruneResult."""
         self.snapshot.restore()
         return prune(self.model, config=self.prune_config(metric, blocks), windows=self.windows, stats=self.stats,
-                     keep_masks=True, progress=False)  # fmt: skip
+                     keep_masks=True, snapshot=self.snapshot, progress=False)  # fmt: skip
 
     @staticmethod
     def mask_hash(masks: dict[str, torch.Tensor]) -> str:

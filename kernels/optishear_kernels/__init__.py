@@ -14,6 +14,7 @@ from .metric import (
     WANDA,
     MetricConfig,
     all_configs,
+    all_finite,
     meta_score,
     x_part,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "WANDA",
     "MetricConfig",
     "all_configs",
+    "all_finite",
     "meta_score",
     "x_part",
     "PruneOutput",

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from . import backend
-from .metric import FLT_MIN, MetricConfig, WStats, meta_score, w_coef_operands, x_part
+from .metric import FLT_MIN, MetricConfig, WStats, all_finite, meta_score, w_coef_operands, x_part
 from .select import nm_mask, pack_mask, row_topk_mask
 
 try:
@@ -422,11 +422,11 @@ def _validate(w, x_sq, sparsity, nm, want_weight, want_mask):
     rows, cols = w.shape
     if x_sq.dim() != 1 or x_sq.shape[0] != cols:
         raise ValueError(f"x_sq must have shape [{cols}] (the input channels of w), got {tuple(x_sq.shape)}")
-    if not torch.isfinite(x_sq).all():
+    if not all_finite(x_sq):
         raise ValueError("x_sq (activation statistics) contains NaN or inf")
     if (x_sq < 0).any():
         raise ValueError("x_sq (mean of x^2) must be >= 0")
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError("w contains NaN or inf")
     if not (want_weight or want_mask):
         raise ValueError("ask for at least one of write_weight / write_mask")
@@ -468,7 +468,7 @@ def fused_prune_torch(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=T
     cfg = MetricConfig.parse(metric)
     k = _validate(w, x_sq, sparsity, nm, write_weight, write_mask)
     score = meta_score(w, x_sq, cfg, out=_workspace(w.shape, w.device))
-    if not torch.isfinite(score).all():  # cannot happen by construction; never return a silently wrong mask
+    if not all_finite(score):  # cannot happen by construction; never return a silently wrong mask
         raise FloatingPointError(f"metric {cfg.spec} produced non-finite scores")
     mask = row_topk_mask(score, k) if nm is None else nm_mask(score, nm[0], nm[1])
     weight = None

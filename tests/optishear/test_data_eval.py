@@ -106,6 +106,40 @@ def test_reconstruction_error_forms():
         reconstruction_error(pruned, dense, "l2")
 
 
+def test_frobenius_through_the_head_gram_equals_the_logits_difference():
+    model, pruned = tiny_llama(), tiny_llama()
+    with torch.no_grad():
+        for p in pruned.model.layers.parameters():
+            p.mul_(0.8)
+    windows = random_windows(5, 16)
+    gram_only = DenseOutputs(model, windows, batch_size=2, objective="fro")
+    logits_only = DenseOutputs(model, windows, batch_size=2, objective="kl")
+    assert gram_only.gram is not None and not gram_only.has_logits
+    assert logits_only.gram is None and logits_only.has_logits
+    via_gram = reconstruction_error(pruned, gram_only, "fro")
+    via_logits = reconstruction_error(pruned, logits_only, "fro")
+    assert via_gram > 0 and math.isclose(via_gram, via_logits, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="hold no logits"):
+        reconstruction_error(pruned, gram_only, "kl")
+
+
+def test_a_nonlinear_head_falls_back_to_full_logits():
+    """Soft-capped logits (Gemma 2) are not H W^T: the Gram shortcut must not be taken."""
+    model, pruned = tiny_llama(), tiny_llama()
+    cap = lambda module, args, out: 3.0 * torch.tanh(out / 3.0)  # noqa: E731
+    model.lm_head.register_forward_hook(cap)
+    pruned.lm_head.register_forward_hook(cap)
+    with torch.no_grad():
+        for p in pruned.model.layers.parameters():
+            p.mul_(0.8)
+    windows = random_windows(4, 16)
+    dense = DenseOutputs(model, windows, batch_size=2, objective="fro")
+    assert dense.gram is None and dense.has_logits
+    with torch.no_grad():
+        ref = torch.linalg.norm((pruned(input_ids=windows).logits - model(input_ids=windows).logits).double())
+    assert math.isclose(reconstruction_error(pruned, dense, "fro"), ref.item(), rel_tol=1e-5)
+
+
 def test_shared_text_is_not_committed():
     from pathlib import Path
 
