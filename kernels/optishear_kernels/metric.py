@@ -72,6 +72,30 @@ class MetricConfig:
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.cw, self.uw, self.cx, self.ux)
 
+    def canonical(self) -> "MetricConfig":
+        """The simplest configuration that ranks the weights of every row exactly as this one does.
+
+        Only exact algebra, zeros and dead channels included (see ``_POWER_CLASSES``):
+        - a W coefficient that is constant along a row (row, total, mean, fro) is a positive per-row
+          factor, and an X coefficient that is a scalar (row, total, mean, fro: X is one vector) a positive
+          global one: both are ``none``;
+        - softmax is exp divided by a positive per-row (W) or global (X) sum: it is ``exp``;
+        - with no coefficient on W, powers on both sides (none, sqrt, square of |W| and of sqrt X, times 1/X
+          or not) give ``|W|^p * sqrt(X)^r``, which ranks like any positive power of itself: only ``r / p``
+          matters, and the smallest configuration with that ratio stands for all of them.
+        RIA's coefficient (7) is its own class. Near-coincidences that are not exact (1/(sum X + X_j) is
+        almost constant when no channel dominates) are left to the search's mask hashing.
+        """
+        cw, uw, cx, ux = self.as_tuple()
+        if cw in (1, 4, 5, 6):
+            cw = 0
+        if cx in (1, 4, 5, 6):
+            cx = 0
+        uw = 3 if uw == 6 else uw
+        ux = 3 if ux == 6 else ux
+        power = _POWER_CLASSES.get((cw, uw, cx, ux))
+        return MetricConfig(*power) if power is not None else MetricConfig(cw, uw, cx, ux)
+
     @classmethod
     def parse(cls, spec: "str | MetricConfig | tuple | list") -> "MetricConfig":
         """Parse ``"w:row*sqrt,x:none*log"``, ``"1,1,0,4"`` or a 4-tuple of ints."""
@@ -103,6 +127,24 @@ class MetricConfig:
             out += [coefs.index(parts[0]), TRANSFORMS.index(parts[1])]
         return cls(*out)
 
+
+def _power_classes() -> dict[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(0, uw, cx, ux) with uw, ux in {none, sqrt, square} and cx in {none, col} -> the smallest tuple with
+    the same exponent ratio r / p of ``|W|^p * sqrt(X)^r``. Zeros stay zeros in every member (|W| = 0 gives
+    0; X_j = 0 gives 0 because 1/0 is taken as 1 and sqrt(0)^q = 0), so the ranking is the same exactly."""
+    from fractions import Fraction
+
+    power = {0: Fraction(1), 1: Fraction(1, 2), 2: Fraction(2)}
+    members: dict[Fraction, list[tuple[int, int, int, int]]] = {}
+    for uw in power:
+        for cx in (0, 2):
+            for ux in power:
+                r = power[ux] - (2 if cx == 2 else 0)
+                members.setdefault(r / power[uw], []).append((0, uw, cx, ux))
+    return {m: min(ms) for ms in members.values() for m in ms}
+
+
+_POWER_CLASSES = _power_classes()
 
 WANDA = MetricConfig(0, 0, 0, 0)
 RIA = MetricConfig(RIA_COEFFICIENT, 0, 0, 1)

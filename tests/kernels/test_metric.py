@@ -1,6 +1,6 @@
 import pytest
 import torch
-from optishear_kernels import RIA, WANDA, MetricConfig, all_configs, meta_score
+from optishear_kernels import RIA, WANDA, MetricConfig, all_configs, meta_score, population_prune
 from optishear_kernels.metric import COEFFICIENT_NAMES, TRANSFORMS, x_part
 
 
@@ -81,3 +81,38 @@ def test_spec_round_trip():
         assert MetricConfig.parse(c.spec) == c
         assert MetricConfig.parse(",".join(map(str, c.as_tuple()))) == c
     assert len(COEFFICIENT_NAMES) == 8 and len(TRANSFORMS) == 7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_canonical_metric_ranks_every_row_exactly_like_the_original(seed):
+    """The rewrite is exact algebra: on fresh random weights (with exact zeros) and statistics (with a dead
+    channel), every one of the 2,401 configurations gives the same mask as its canonical form."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(12, 160, generator=g) * torch.rand(12, 1, generator=g) * 0.2
+    w[torch.rand(w.shape, generator=g) < 0.05] = 0.0
+    x = torch.rand(160, generator=g) * torch.rand(1, generator=g) * 5
+    x[int(torch.randint(160, (1,), generator=g))] = 0.0
+    configs = all_configs()
+    canon = [c.canonical() for c in configs]
+    masks = population_prune(w, x, configs, [0.5] * len(configs))
+    reps = sorted(set(canon), key=MetricConfig.as_tuple)
+    rep_masks = dict(zip(reps, population_prune(w, x, reps, [0.5] * len(reps))))
+    for c, k, m in zip(configs, canon, masks):
+        assert torch.equal(m, rep_masks[k]), (c.spec, k.spec)
+
+
+def test_canonical_forms():
+    assert len({c.canonical() for c in all_configs()}) == 318
+    assert all(c.canonical().canonical() == c.canonical() for c in all_configs())
+    assert WANDA.canonical() == WANDA and RIA.canonical() == RIA
+    same = {
+        "w:fro*softmax,x:mean*softmax": "w:none*exp,x:none*exp",
+        "w:none*square,x:none*square": "w:none*none,x:none*none",  # |W|^2 X ranks like |W| sqrt(X)
+        "w:none*square,x:none*none": "w:none*none,x:none*sqrt",  # |W|^2 X^(1/2) like |W| X^(1/4)
+        "w:none*square,x:col*square": "w:none*none,x:col*square",  # X^-1 X = 1: magnitude
+        "w:row*log,x:total*sigmoid": "w:none*log,x:none*sigmoid",
+    }
+    for spec, rep in same.items():
+        assert MetricConfig.parse(spec).canonical().spec == rep, spec
+    for spec in ("w:col*none,x:none*none", "w:rowcol*sqrt,x:rowcol*none", "w:none*exp,x:col*none"):
+        assert MetricConfig.parse(spec).canonical().spec == spec

@@ -193,3 +193,18 @@ def test_faithful_statistics_kl_objective_and_tradeoff_front(tmp_path):
     assert len(sparsities) >= 2
     by_s = {round(p["sparsity"], 2): p["objective"] for p in front}
     assert by_s[sparsities[0]] < by_s[sparsities[-1]]  # more sparsity costs more error on the front
+
+
+def test_metric_genotypes_are_canonical_and_repeated_trials_are_free(tmp_path):
+    res = _run(tmp_path, "run", _cfg(space="metric", pop_size=8, generations=6))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    assert res.trials == 48
+    for t in logged:
+        cfg = MetricConfig.parse(t["metric"])
+        assert cfg.canonical() == cfg, t["metric"]
+    # Offspring may repeat known configurations: those trials are answered from the log, never pruned again.
+    assert len({t["key"] for t in logged}) == len(logged) < res.trials
+    assert res.distinct == sum(t["evaluated"] for t in logged)
+    enc = _Encoding(_cfg(space="metric"), 2, [1, 1], True, False)
+    X = enc.repair(np.array([[1.0, 6, 5, 6], [0, 2, 0, 2], [2.4, 0.6, 2, 1.2]]))
+    assert X.tolist() == [[0, 3, 0, 3], [0, 0, 0, 0], [2, 1, 2, 1]]
