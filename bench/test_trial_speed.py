@@ -38,7 +38,7 @@ def setup():
 def optishear_style_trial(path, windows, metric):
     model, _ = load_model(path)  # reload every trial
     # dense forward every trial, full logits compared as the released code does
-    dense = DenseOutputs(model, windows, batch_size=4, objective="kl")
+    dense = DenseOutputs(model, windows, batch_size=4, head_shortcut=False)
     prune(model, config=PruneConfig(metric=metric, sparsity=0.5, batch_size=4), windows=windows, progress=False)
     return reconstruction_error(model, dense, "fro")
 
