@@ -44,7 +44,12 @@ class SearchConfig:
             fixed), ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order).
         sparsity: target mean sparsity over all pruned weights (held exactly by the repair).
         structure: ``unstructured`` or ``N:M`` (then only the metric is searched).
-        objective: ``fro`` (Frobenius norm of the logits difference) or ``kl`` (mean KL(dense || pruned)).
+        objective: ``kl`` (mean KL(dense || pruned) of next-token distributions, the default: on SmolLM2 it
+            ranks metrics as perplexity does, where ``fro`` inverted two of three, see the README) or ``fro``
+            (Frobenius norm of the logits difference, OptiShear v1).
+        objective_windows, objective_seqlen: the prompts the objective compares dense and pruned outputs on,
+            drawn from the calibration text apart from the statistics windows (OptiShear's "example
+            prompts"); 0 windows: the calibration windows themselves.
         tradeoff: add the mean sparsity as a second objective over ``sparsity_levels`` (error vs sparsity).
         band, step: block sparsities lie on ``target + step * j`` within ``target +- band``.
         stats: ``fast`` (dense activation statistics, computed once) or ``faithful`` (the sequential
@@ -65,7 +70,7 @@ class SearchConfig:
     space: str = "metric"
     sparsity: float = 0.5
     structure: str = "unstructured"
-    objective: str = "fro"
+    objective: str = "kl"
     tradeoff: bool = False
     sparsity_levels: list[float] = field(default_factory=lambda: [0.4, 0.45, 0.5, 0.55, 0.6])
     pop_size: int = 20
@@ -78,8 +83,10 @@ class SearchConfig:
     eliminate_duplicates: bool = False
     population: str = "auto"
     calib: str | None = None
-    nsamples: int = 16
-    seqlen: int = 256
+    nsamples: int = 32
+    seqlen: int = 512
+    objective_windows: int = 4
+    objective_seqlen: int = 256
     seed: int = 0
     batch_size: int = 4
     targets: list[str] | None = None
@@ -104,7 +111,10 @@ class SearchConfig:
             raise ValueError(f"band must be >= 0 and step > 0, got band={self.band}, step={self.step}")
         if self.sparsity - self.band < 0 or self.sparsity + self.band >= 1:
             raise ValueError(f"sparsity +- band must stay in [0, 1): {self.sparsity} +- {self.band}")
-        for name in ("pop_size", "generations", "nsamples", "seqlen", "batch_size"):
+        if isinstance(self.objective_windows, bool) or not isinstance(self.objective_windows, int) or (
+                self.objective_windows < 0):  # fmt: skip
+            raise ValueError(f"objective_windows must be an integer >= 0, got {self.objective_windows!r}")
+        for name in ("pop_size", "generations", "nsamples", "seqlen", "objective_seqlen", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -237,14 +247,18 @@ class _Encoding:
 class TrialRunner:
     """Evaluates pruning configurations on one loaded model: restore dense weights, prune, measure."""
 
-    def __init__(self, model, windows: torch.Tensor, cfg: SearchConfig, *, progress: bool = False):
+    def __init__(self, model, windows: torch.Tensor, cfg: SearchConfig, *, objective_windows=None,
+                 progress: bool = False):  # fmt: skip
+        """``windows``: calibration windows (statistics); ``objective_windows``: the prompts the objective is
+        measured on (default: ``windows``)."""
         self.model = model
         self.windows = windows
+        self.objective_windows = windows if objective_windows is None else objective_windows
         self.cfg = cfg
         self.linears = model_linears(model, cfg.targets, cfg.ignore)
         self.snapshot = WeightSnapshot().save_all(self.linears)
         t0 = time.perf_counter()
-        self.dense = DenseOutputs(model, windows, batch_size=cfg.batch_size, objective=cfg.objective,
+        self.dense = DenseOutputs(model, self.objective_windows, batch_size=cfg.batch_size, objective=cfg.objective,
                                   progress=progress)  # fmt: skip
         self.stats = None
         if cfg.stats == "fast":
@@ -453,7 +467,7 @@ def plot(history: list[dict], pareto: list[dict], path: Path) -> bool:
 
 
 def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = False, windows=None,
-           progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
+           objective_windows=None, progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
     """Run an OptiShear search and write its outputs to ``out_dir``.
 
     Outputs: ``config.json``; ``trials.jsonl`` (one line per trial, flushed as it finishes);
@@ -462,7 +476,8 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
 
     Args:
         resume: continue a run in ``out_dir``: finished trials are read back, never evaluated again.
-        windows: calibration windows (else read from ``config.calib``).
+        windows: calibration windows for the statistics (else read from ``config.calib``).
+        objective_windows: the objective's prompts (else drawn per ``config.objective_windows``).
         on_trial: called with each newly evaluated trial record (tests use it to interrupt a run).
     """
     config.validate()
@@ -481,7 +496,11 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     if windows is None:
         windows = calibration_windows(CalibSpec(config.calib, config.nsamples, config.seqlen, config.seed), tokenizer,
                                       model)  # fmt: skip
-    runner = TrialRunner(model, windows, config, progress=progress)
+    if objective_windows is None and config.objective_windows:
+        # Apart from the statistics windows: another seed draws other positions of the same text.
+        spec = CalibSpec(config.calib, config.objective_windows, config.objective_seqlen, config.seed + 1)
+        objective_windows = calibration_windows(spec, tokenizer, model)
+    runner = TrialRunner(model, windows, config, objective_windows=objective_windows, progress=progress)
     cache = {r["key"]: r for r in _read_trials(trials_path)} if resume else {}
     if cache:
         logger.info("resuming: %d finished trials read from %s", len(cache), trials_path)
@@ -520,7 +539,10 @@ def add_search_parser(sub, add_model, add_calib) -> None:
     s.add_argument("--space", choices=SPACES, default="metric")
     s.add_argument("--sparsity", type=float, default=0.5)
     s.add_argument("--structure", default="unstructured")
-    s.add_argument("--objective", choices=("fro", "kl"), default="fro")
+    s.add_argument("--objective", choices=("fro", "kl"), default="kl")
+    s.add_argument("--objective-windows", type=int, default=4,
+                   help="prompts the objective is measured on, apart from the statistics windows (0: the same)")
+    s.add_argument("--objective-seqlen", type=int, default=256)
     s.add_argument("--tradeoff", action="store_true", help="second objective: sparsity (error vs sparsity front)")
     s.add_argument("--pop-size", type=int, default=20)
     s.add_argument("--generations", type=int, default=10)
@@ -542,7 +564,8 @@ def cmd_search(args) -> dict:
                        tradeoff=args.tradeoff, pop_size=args.pop_size, generations=args.generations, band=args.band,
                        step=args.step, metric=args.metric, stats=args.stats, mutation_eta=args.mutation_eta,
                        eliminate_duplicates=args.eliminate_duplicates, calib=args.calib,
-                       nsamples=args.nsamples or 16, seqlen=args.seqlen or 256,
+                       nsamples=args.nsamples or 32, seqlen=args.seqlen or 512,
+                       objective_windows=args.objective_windows, objective_seqlen=args.objective_seqlen,
                        seed=args.seed if args.seed is not None else 0)  # fmt: skip
     cfg.validate()
     model, tok = load_model(args.model, device=args.device)

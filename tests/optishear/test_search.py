@@ -11,7 +11,8 @@ from ..conftest import random_windows, tiny_llama
 
 
 def _cfg(**kw):
-    base = dict(space="joint", pop_size=8, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0)
+    base = dict(space="joint", pop_size=8, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0,
+                objective_windows=0)  # fmt: skip
     base.update(kw)
     return SearchConfig(**base)
 
@@ -37,15 +38,19 @@ def test_search_end_to_end_writes_every_output(tmp_path):
 
 
 def test_recipe_of_a_search_reproduces_its_model(tmp_path):
-    res = _run(tmp_path, "run", _cfg(space="metric"))
+    """Statistics from the calibration windows, the objective on separate prompts (OptiShear's split)."""
+    calib, prompts = random_windows(4, 32), random_windows(3, 24, seed=7)
+    res = search(tiny_llama(layers=4), None, _cfg(space="metric", objective="kl"), tmp_path / "run", windows=calib,
+                 objective_windows=prompts, progress=False)  # fmt: skip
     recipe = json.loads((tmp_path / "run" / "optishear_recipe.json").read_text())
     from optishear.evaluate import DenseOutputs, reconstruction_error
     from optishear.recipe import recipe_config
 
-    model, windows = tiny_llama(layers=4), random_windows(4, 32)
-    dense = DenseOutputs(model, windows, batch_size=2)
-    prune(model, config=recipe_config(recipe), windows=windows, progress=False)
-    assert reconstruction_error(model, dense, "fro") == pytest.approx(res.objective, rel=1e-6)
+    model = tiny_llama(layers=4)
+    dense = DenseOutputs(model, prompts, batch_size=2)
+    prune(model, config=recipe_config(recipe), windows=calib, progress=False)
+    assert reconstruction_error(model, dense, "kl") == pytest.approx(res.objective, rel=1e-6)
+    assert reconstruction_error(model, DenseOutputs(tiny_llama(layers=4), calib), "kl") != pytest.approx(res.objective)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
