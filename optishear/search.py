@@ -414,12 +414,14 @@ def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bo
         algo.tell(infills=pop)
         opt = algo.opt
         best = float(np.min(opt.get("F")[:, 0]))
-        secs = (time.perf_counter() - t_gen) / max(new_trials, 1)
+        wall = time.perf_counter() - t_gen
+        secs, per_new = wall / len(X), wall / new_trials if new_trials else 0.0
         history.append({"stage": stage, "generation": gen, "trials": counters["trials"],
                         "distinct": len(counters["hashes"]), "best": best, "pareto": len(opt),
-                        "seconds_per_trial": secs})  # fmt: skip
-        logger.info("[%s] gen %d/%d  trials %d  distinct %d  best %.6g  pareto %d  %.2f s/trial", stage, gen + 1,
-                    cfg.generations, counters["trials"], len(counters["hashes"]), best, len(opt), secs)
+                        "seconds_per_trial": secs, "seconds_per_new_trial": per_new})  # fmt: skip
+        logger.info("[%s] gen %d/%d  trials %d  distinct %d  best %.6g  pareto %d  %.2f s/trial (%d new, %.2f s each)",
+                    stage, gen + 1, cfg.generations, counters["trials"], len(counters["hashes"]), best, len(opt), secs,
+                    new_trials, per_new)  # fmt: skip
         gen += 1
     pareto = []
     for x, f in zip(algo.opt.get("X"), algo.opt.get("F")):
