@@ -136,13 +136,14 @@ class DenseOutputs:
         want_fro, want_kl = objective in ("fro", "any"), objective in ("kl", "any")
         self.shortcut = False
         for j, i in enumerate(tqdm(range(0, windows.shape[0], batch_size), desc="dense outputs", disable=not progress)):
-            hook = _HeadInput(head, stop=False)
+            hook = _HeadInput(head, stop=False) if head is not None and (j == 0 or self.shortcut) else None
             try:
                 logits = model(input_ids=windows[i : i + batch_size].to(device), use_cache=False).logits.float()
             finally:
-                hook.remove()
+                if hook is not None:
+                    hook.remove()
             if j == 0:
-                self.shortcut = head_shortcut and self._linear_head(head, hook.value, logits)
+                self.shortcut = head_shortcut and hook is not None and self._linear_head(head, hook.value, logits)
                 if self.shortcut:
                     w = head.weight.detach().to(torch.float64)
                     self.gram = w.T @ w

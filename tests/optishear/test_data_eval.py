@@ -144,6 +144,8 @@ def test_a_nonlinear_head_falls_back_to_full_logits():
     with torch.no_grad():
         ref = torch.linalg.norm((pruned(input_ids=windows).logits - model(input_ids=windows).logits).double())
     assert math.isclose(reconstruction_error(pruned, dense, "fro"), ref.item(), rel_tol=1e-5)
+    model.get_output_embeddings = lambda: None  # a model that does not expose its head: full logits too
+    assert DenseOutputs(model, windows, batch_size=2, objective="fro").has_logits
 
 
 def test_shared_text_is_not_committed():
