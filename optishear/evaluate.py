@@ -204,6 +204,7 @@ class DenseOutputs:
             raise ValueError("these DenseOutputs keep no logits (the linear-head shortcut is in use)")
         return torch.load(self._files[j]) if self._files else self._mem[j]
 
+    @torch.no_grad()
     def error(self, model, kind: str) -> float:
         """The reconstruction error of ``model`` (its current weights) against these outputs."""
         if kind not in ("fro", "kl"):

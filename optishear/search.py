@@ -52,6 +52,11 @@ class SearchConfig:
             prompts"); 0 windows: the calibration windows themselves.
         tradeoff: add the mean sparsity as a second objective over ``sparsity_levels`` (error vs sparsity).
         band, step: block sparsities lie on ``target + step * j`` within ``target +- band``.
+        validate_top, validate_windows, validate_seqlen: after each stage, the ``validate_top`` best distinct
+            candidates and the stage's seeded baseline (Wanda, or uniform blocks) are scored again on
+            ``validate_windows`` held-out prompts of ``validate_seqlen`` tokens (a third draw from the
+            calibration text), and the lowest held-out error is chosen: a few prompts cannot separate metrics
+            that differ by 1%, and the search's best is the one most flattered by them. 0 turns it off.
         stats: ``fast`` (dense activation statistics, computed once) or ``faithful`` (the sequential
             protocol in every trial).
         metric: the fixed metric of the ``blocks`` space.
@@ -87,6 +92,9 @@ class SearchConfig:
     seqlen: int = 512
     objective_windows: int = 4
     objective_seqlen: int = 256
+    validate_top: int = 4
+    validate_windows: int = 16
+    validate_seqlen: int = 512
     seed: int = 0
     batch_size: int = 4
     targets: list[str] | None = None
@@ -111,10 +119,12 @@ class SearchConfig:
             raise ValueError(f"band must be >= 0 and step > 0, got band={self.band}, step={self.step}")
         if self.sparsity - self.band < 0 or self.sparsity + self.band >= 1:
             raise ValueError(f"sparsity +- band must stay in [0, 1): {self.sparsity} +- {self.band}")
-        if isinstance(self.objective_windows, bool) or not isinstance(self.objective_windows, int) or (
-                self.objective_windows < 0):  # fmt: skip
-            raise ValueError(f"objective_windows must be an integer >= 0, got {self.objective_windows!r}")
-        for name in ("pop_size", "generations", "nsamples", "seqlen", "objective_seqlen", "batch_size"):
+        for name in ("objective_windows", "validate_top"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("pop_size", "generations", "nsamples", "seqlen", "objective_seqlen", "validate_windows",
+                     "validate_seqlen", "batch_size"):  # fmt: skip
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -147,6 +157,7 @@ class SearchResult:
         trials: trials run (including those answered from the dedupe cache or a resumed log);
         distinct: distinct pruned models evaluated; seconds: wall time; out_dir: where outputs are.
         history: one dict per generation (best objective, evaluations, distinct, Pareto size).
+        validation: the chosen solution's error on the held-out prompts (None when validation is off).
     """
 
     metric: str
@@ -159,6 +170,7 @@ class SearchResult:
     out_dir: str
     history: list[dict]
     recipe: dict | None = None
+    validation: float | None = None
 
 
 def repair_offsets(offsets: np.ndarray, sizes: np.ndarray, limit: int) -> np.ndarray:
@@ -377,10 +389,13 @@ def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bo
                  eliminate_duplicates=cfg.eliminate_duplicates)  # fmt: skip
     algo.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
     records = {}
+    baseline = None
     gen = 0
     while algo.has_next():
         pop = algo.ask()
         X = pop.get("X")
+        if baseline is None:  # the seeded first member: Wanda (metric) or uniform blocks
+            baseline = f"{stage}:" + ",".join(str(int(v)) for v in X[0])
         F = np.zeros((len(X), n_obj))
         t_gen, new_trials = time.perf_counter(), 0
         keys = [f"{stage}:" + ",".join(str(int(v)) for v in x) for x in X]
@@ -429,7 +444,46 @@ def _stage(runner: TrialRunner, cfg: SearchConfig, stage: str, search_metric: bo
         pareto.append({"metric": rec["metric"], "block_sparsity": rec["block_sparsity"], "sparsity": rec["sparsity"],
                        "objective": float(f[0])})  # fmt: skip
     pareto.sort(key=lambda r: (-r["sparsity"], r["objective"]))
-    return pareto
+    return pareto, list(records.values()), records[baseline]
+
+
+class _Validator:
+    """Scores a stage's finalists on held-out prompts; results go to ``validation.jsonl`` as they finish."""
+
+    def __init__(self, runner: TrialRunner, windows: torch.Tensor, path: Path, resume: bool, progress: bool):
+        self.runner = runner
+        self.dense = DenseOutputs(runner.model, windows, batch_size=runner.cfg.batch_size,
+                                  objective=runner.cfg.objective, progress=progress)  # fmt: skip
+        self.path = path
+        self.done = {r["mask_hash"]: r["validation"] for r in _read_trials(path)} if resume else {}
+
+    def choose(self, stage: str, records: list[dict], baseline: dict, cfg: SearchConfig) -> dict:
+        pool = records
+        if cfg.tradeoff:
+            nearest = min(abs(r["sparsity"] - cfg.sparsity) for r in pool)
+            pool = [r for r in pool if abs(r["sparsity"] - cfg.sparsity) == nearest]
+        finalists, seen = [], set()
+        for r in sorted(pool, key=lambda r: (r["objective"], r["metric"])):
+            if r["mask_hash"] not in seen and len(finalists) < cfg.validate_top:
+                finalists.append(r)
+                seen.add(r["mask_hash"])
+        if baseline["mask_hash"] not in seen and baseline in pool:
+            finalists.append(baseline)
+        scored = []
+        with self.path.open("a") as log:
+            for r in finalists:
+                value = self.done.get(r["mask_hash"])
+                if value is None:
+                    self.runner.apply(r["metric"], r["block_sparsity"])
+                    value = self.dense.error(self.runner.model, cfg.objective)
+                    self.done[r["mask_hash"]] = value
+                    log.write(json.dumps({"stage": stage, "metric": r["metric"], "block_sparsity": r["block_sparsity"],
+                                          "mask_hash": r["mask_hash"], "objective": r["objective"],
+                                          "validation": value}) + "\n")  # fmt: skip
+                    log.flush()
+                scored.append({**r, "validation": value})
+                logger.info("[%s] held-out %s: %.6g (search objective %.6g)", stage, r["metric"], value, r["objective"])
+        return min(scored, key=lambda r: (r["validation"], r["objective"], r["metric"]))
 
 
 def _choose(pareto: list[dict], cfg: SearchConfig) -> dict:
@@ -469,7 +523,8 @@ def plot(history: list[dict], pareto: list[dict], path: Path) -> bool:
 
 
 def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = False, windows=None,
-           objective_windows=None, progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
+           objective_windows=None, validation_windows=None, progress: bool = True,
+           on_trial=None) -> SearchResult:  # fmt: skip
     """Run an OptiShear search and write its outputs to ``out_dir``.
 
     Outputs: ``config.json``; ``trials.jsonl`` (one line per trial, flushed as it finishes);
@@ -480,6 +535,7 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         resume: continue a run in ``out_dir``: finished trials are read back, never evaluated again.
         windows: calibration windows for the statistics (else read from ``config.calib``).
         objective_windows: the objective's prompts (else drawn per ``config.objective_windows``).
+        validation_windows: the held-out prompts (else drawn per ``config.validate_windows``).
         on_trial: called with each newly evaluated trial record (tests use it to interrupt a run).
     """
     config.validate()
@@ -503,26 +559,41 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         spec = CalibSpec(config.calib, config.objective_windows, config.objective_seqlen, config.seed + 1)
         objective_windows = calibration_windows(spec, tokenizer, model)
     runner = TrialRunner(model, windows, config, objective_windows=objective_windows, progress=progress)
+    validator = None
+    if config.validate_top:
+        if validation_windows is None:
+            spec = CalibSpec(config.calib, config.validate_windows, config.validate_seqlen, config.seed + 2)
+            validation_windows = calibration_windows(spec, tokenizer, model)
+        validator = _Validator(runner, validation_windows, out / "validation.jsonl", resume, progress)
     cache = {r["key"]: r for r in _read_trials(trials_path)} if resume else {}
     if cache:
         logger.info("resuming: %d finished trials read from %s", len(cache), trials_path)
     history: list[dict] = []
     counters = {"trials": 0, "hashes": set()}
+
+    def pick(stage, staged):
+        pareto, records, baseline = staged
+        return validator.choose(stage, records, baseline, config) if validator else _choose(pareto, config)
+
     with trials_path.open("a") as log:
         if config.space == "metric-then-blocks":
             p1 = _stage(runner, config, "metric", True, False, config.metric, log, cache, history, counters, on_trial)
-            best_metric = _choose(p1, config)["metric"]
-            pareto = _stage(runner, config, "blocks", False, True, best_metric, log, cache, history, counters,
+            best_metric = pick("metric", p1)["metric"]
+            staged = _stage(runner, config, "blocks", False, True, best_metric, log, cache, history, counters,
                             on_trial)  # fmt: skip
+            stage = "blocks"
         else:
-            pareto = _stage(runner, config, config.space, config.space in ("metric", "joint"),
+            staged = _stage(runner, config, config.space, config.space in ("metric", "joint"),
                             config.space in ("blocks", "joint"), config.metric, log, cache, history, counters,
                             on_trial)  # fmt: skip
-    chosen = _choose(pareto, config)
+            stage = config.space
+    pareto = staged[0]
+    chosen = pick(stage, staged)
     result = runner.apply(chosen["metric"], chosen["block_sparsity"])
     recipe = make_recipe(runner.prune_config(chosen["metric"], chosen["block_sparsity"]), result, model)
     recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,
-                        "trials": counters["trials"], "distinct": len(counters["hashes"])}  # fmt: skip
+                        "trials": counters["trials"], "distinct": len(counters["hashes"]),
+                        "validation": chosen.get("validation")}  # fmt: skip
     write_json_atomic(out / "optishear_recipe.json", recipe)
     write_json_atomic(out / "pareto.json", pareto)
     write_json_atomic(out / "history.json", history)
@@ -531,7 +602,7 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     return SearchResult(metric=chosen["metric"], block_sparsity=chosen["block_sparsity"],
                         objective=chosen["objective"], pareto=pareto, trials=counters["trials"],
                         distinct=len(counters["hashes"]), seconds=time.perf_counter() - t0, out_dir=str(out),
-                        history=history, recipe=recipe)  # fmt: skip
+                        history=history, recipe=recipe, validation=chosen.get("validation"))  # fmt: skip
 
 
 def add_search_parser(sub, add_model, add_calib) -> None:
@@ -542,9 +613,21 @@ def add_search_parser(sub, add_model, add_calib) -> None:
     s.add_argument("--sparsity", type=float, default=0.5)
     s.add_argument("--structure", default="unstructured")
     s.add_argument("--objective", choices=("fro", "kl"), default="kl")
-    s.add_argument("--objective-windows", type=int, default=4,
-                   help="prompts the objective is measured on, apart from the statistics windows (0: the same)")
+    s.add_argument(
+        "--objective-windows",
+        type=int,
+        default=4,
+        help="prompts the objective is measured on, apart from the statistics windows (0: the same)",
+    )
     s.add_argument("--objective-seqlen", type=int, default=256)
+    s.add_argument(
+        "--validate-top",
+        type=int,
+        default=4,
+        help="finalists re-scored on held-out prompts before choosing (0: choose the search's best)",
+    )
+    s.add_argument("--validate-windows", type=int, default=16)
+    s.add_argument("--validate-seqlen", type=int, default=512)
     s.add_argument("--tradeoff", action="store_true", help="second objective: sparsity (error vs sparsity front)")
     s.add_argument("--pop-size", type=int, default=20)
     s.add_argument("--generations", type=int, default=10)
@@ -553,8 +636,11 @@ def add_search_parser(sub, add_model, add_calib) -> None:
     s.add_argument("--metric", default="wanda", help="the fixed metric of --space blocks")
     s.add_argument("--stats", choices=("fast", "faithful"), default="fast")
     s.add_argument("--mutation-eta", type=float, default=5.0, help="polynomial mutation index (smaller: bolder)")
-    s.add_argument("--eliminate-duplicates", action="store_true",
-                   help="offspring must differ from the population (pymoo's default); off: repeats are free")
+    s.add_argument(
+        "--eliminate-duplicates",
+        action="store_true",
+        help="offspring must differ from the population (pymoo's default); off: repeats are free",
+    )
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true")
 
@@ -568,11 +654,14 @@ def cmd_search(args) -> dict:
                        eliminate_duplicates=args.eliminate_duplicates, calib=args.calib,
                        nsamples=args.nsamples or 32, seqlen=args.seqlen or 512,
                        objective_windows=args.objective_windows, objective_seqlen=args.objective_seqlen,
+                       validate_top=args.validate_top, validate_windows=args.validate_windows,
+                       validate_seqlen=args.validate_seqlen,
                        seed=args.seed if args.seed is not None else 0)  # fmt: skip
     cfg.validate()
     model, tok = load_model(args.model, device=args.device)
     res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet)
-    return {"metric": res.metric, "objective": res.objective, "trials": res.trials, "distinct": res.distinct,
+    return {"metric": res.metric, "objective": res.objective, "validation": res.validation, "trials": res.trials,
+            "distinct": res.distinct,
             "seconds": round(res.seconds, 1), "block_sparsity": res.block_sparsity, "out": res.out_dir,
             "recipe": str(Path(res.out_dir) / "optishear_recipe.json")}  # fmt: skip
 

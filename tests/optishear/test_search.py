@@ -12,7 +12,7 @@ from ..conftest import random_windows, tiny_llama
 
 def _cfg(**kw):
     base = dict(space="joint", pop_size=8, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0,
-                objective_windows=0)  # fmt: skip
+                objective_windows=0, validate_top=0)  # fmt: skip
     base.update(kw)
     return SearchConfig(**base)
 
@@ -213,3 +213,32 @@ def test_metric_genotypes_are_canonical_and_repeated_trials_are_free(tmp_path):
     enc = _Encoding(_cfg(space="metric"), 2, [1, 1], True, False)
     X = enc.repair(np.array([[1.0, 6, 5, 6], [0, 2, 0, 2], [2.4, 0.6, 2, 1.2]]))
     assert X.tolist() == [[0, 3, 0, 3], [0, 0, 0, 0], [2, 1, 2, 1]]
+
+
+def test_finalists_are_chosen_on_held_out_prompts_and_resume_reads_them_back(tmp_path):
+    calib, prompts, held_out = random_windows(4, 32), random_windows(2, 24, seed=7), random_windows(3, 32, seed=9)
+    cfg = _cfg(space="metric", pop_size=8, generations=3, validate_top=3)
+
+    def run():
+        return search(tiny_llama(layers=4), None, cfg, tmp_path / "run", windows=calib, objective_windows=prompts,
+                      validation_windows=held_out, resume=(tmp_path / "run").exists(), progress=False)  # fmt: skip
+
+    res = run()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    trials = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    wanda = next(t for t in trials if t["metric"] == MetricConfig().spec)
+    best3 = sorted({t["mask_hash"]: t["objective"] for t in trials}.items(), key=lambda kv: kv[1])[:3]
+    assert {v["mask_hash"] for v in lines} == {h for h, _ in best3} | {wanda["mask_hash"]}
+    chosen = min(lines, key=lambda v: v["validation"])
+    assert (res.metric, res.validation, res.objective) == (chosen["metric"], chosen["validation"], chosen["objective"])
+    # The held-out error is what the recipe's model shows on those prompts.
+    from optishear.evaluate import DenseOutputs, reconstruction_error
+    from optishear.recipe import recipe_config
+
+    model = tiny_llama(layers=4)
+    dense = DenseOutputs(model, held_out, batch_size=2)
+    prune(model, config=recipe_config(res.recipe), windows=calib, progress=False)
+    assert reconstruction_error(model, dense, cfg.objective) == pytest.approx(res.validation, rel=1e-6)
+    again = run()  # resumed: nothing evaluated again, same answer
+    assert len((tmp_path / "run" / "validation.jsonl").read_text().splitlines()) == len(lines)
+    assert (again.metric, again.validation) == (res.metric, res.validation)
