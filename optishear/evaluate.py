@@ -166,7 +166,6 @@ class DenseOutputs:
                 if self._b is not None:
                     negent = negent - (p @ self._b).double()  # c_t folded into the constant
                 self._kl.append((m.float().cpu(), negent.cpu()))
-        self.objective = objective
 
     def _keep_logits(self, j: int, logits: torch.Tensor) -> None:
         if self._tmp is not None:

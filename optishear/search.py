@@ -458,10 +458,7 @@ class _Validator:
         self.done = {r["mask_hash"]: r["validation"] for r in _read_trials(path)} if resume else {}
 
     def choose(self, stage: str, records: list[dict], baseline: dict, cfg: SearchConfig) -> dict:
-        pool = records
-        if cfg.tradeoff:
-            nearest = min(abs(r["sparsity"] - cfg.sparsity) for r in pool)
-            pool = [r for r in pool if abs(r["sparsity"] - cfg.sparsity) == nearest]
+        pool = _at_target(records, cfg)
         finalists, seen = [], set()
         for r in sorted(pool, key=lambda r: (r["objective"], r["metric"])):
             if r["mask_hash"] not in seen and len(finalists) < cfg.validate_top:
@@ -486,12 +483,17 @@ class _Validator:
         return min(scored, key=lambda r: (r["validation"], r["objective"], r["metric"]))
 
 
+def _at_target(solutions: list[dict], cfg: SearchConfig) -> list[dict]:
+    """In trade-off mode, the solutions at (or nearest) the target sparsity; otherwise all of them."""
+    if not cfg.tradeoff:
+        return solutions
+    nearest = min(abs(p["sparsity"] - cfg.sparsity) for p in solutions)
+    return [p for p in solutions if abs(p["sparsity"] - cfg.sparsity) == nearest]
+
+
 def _choose(pareto: list[dict], cfg: SearchConfig) -> dict:
     """Lowest error; in trade-off mode, lowest error among solutions at (or nearest) the target sparsity."""
-    if cfg.tradeoff:
-        nearest = min(abs(p["sparsity"] - cfg.sparsity) for p in pareto)
-        pareto = [p for p in pareto if abs(p["sparsity"] - cfg.sparsity) == nearest]
-    return min(pareto, key=lambda p: (p["objective"], p["metric"]))
+    return min(_at_target(pareto, cfg), key=lambda p: (p["objective"], p["metric"]))
 
 
 def plot(history: list[dict], pareto: list[dict], path: Path) -> bool:
@@ -606,41 +608,28 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
 
 
 def add_search_parser(sub, add_model, add_calib) -> None:
+    d = SearchConfig()  # one source of truth for the defaults
     s = sub.add_parser("search", help="NSGA-III search over the meta metric and/or block sparsities")
     add_model(s)
     add_calib(s)
-    s.add_argument("--space", choices=SPACES, default="metric")
-    s.add_argument("--sparsity", type=float, default=0.5)
-    s.add_argument("--structure", default="unstructured")
-    s.add_argument("--objective", choices=("fro", "kl"), default="kl")
-    s.add_argument(
-        "--objective-windows",
-        type=int,
-        default=4,
-        help="prompts the objective is measured on, apart from the statistics windows (0: the same)",
-    )
-    s.add_argument("--objective-seqlen", type=int, default=256)
-    s.add_argument(
-        "--validate-top",
-        type=int,
-        default=4,
-        help="finalists re-scored on held-out prompts before choosing (0: choose the search's best)",
-    )
-    s.add_argument("--validate-windows", type=int, default=16)
-    s.add_argument("--validate-seqlen", type=int, default=512)
+    s.add_argument("--space", choices=SPACES, default=d.space)
+    s.add_argument("--sparsity", type=float, default=d.sparsity)
+    s.add_argument("--structure", default=d.structure)
+    s.add_argument("--objective", choices=("fro", "kl"), default=d.objective)
+    s.add_argument("--objective-windows", type=int, default=d.objective_windows, help="objective prompts (0: calib)")
+    s.add_argument("--objective-seqlen", type=int, default=d.objective_seqlen)
+    s.add_argument("--validate-top", type=int, default=d.validate_top, help="held-out finalists (0: none)")
+    s.add_argument("--validate-windows", type=int, default=d.validate_windows)
+    s.add_argument("--validate-seqlen", type=int, default=d.validate_seqlen)
     s.add_argument("--tradeoff", action="store_true", help="second objective: sparsity (error vs sparsity front)")
-    s.add_argument("--pop-size", type=int, default=20)
-    s.add_argument("--generations", type=int, default=10)
-    s.add_argument("--band", type=float, default=0.05)
-    s.add_argument("--step", type=float, default=0.05)
-    s.add_argument("--metric", default="wanda", help="the fixed metric of --space blocks")
-    s.add_argument("--stats", choices=("fast", "faithful"), default="fast")
-    s.add_argument("--mutation-eta", type=float, default=5.0, help="polynomial mutation index (smaller: bolder)")
-    s.add_argument(
-        "--eliminate-duplicates",
-        action="store_true",
-        help="offspring must differ from the population (pymoo's default); off: repeats are free",
-    )
+    s.add_argument("--pop-size", type=int, default=d.pop_size)
+    s.add_argument("--generations", type=int, default=d.generations)
+    s.add_argument("--band", type=float, default=d.band)
+    s.add_argument("--step", type=float, default=d.step)
+    s.add_argument("--metric", default=d.metric, help="the fixed metric of --space blocks")
+    s.add_argument("--stats", choices=("fast", "faithful"), default=d.stats)
+    s.add_argument("--mutation-eta", type=float, default=d.mutation_eta, help="polynomial mutation index")
+    s.add_argument("--eliminate-duplicates", action="store_true", help="offspring must be new (pymoo's default)")
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true")
 
@@ -652,11 +641,11 @@ def cmd_search(args) -> dict:
                        tradeoff=args.tradeoff, pop_size=args.pop_size, generations=args.generations, band=args.band,
                        step=args.step, metric=args.metric, stats=args.stats, mutation_eta=args.mutation_eta,
                        eliminate_duplicates=args.eliminate_duplicates, calib=args.calib,
-                       nsamples=args.nsamples or 32, seqlen=args.seqlen or 512,
+                       nsamples=args.nsamples or SearchConfig.nsamples, seqlen=args.seqlen or SearchConfig.seqlen,
                        objective_windows=args.objective_windows, objective_seqlen=args.objective_seqlen,
                        validate_top=args.validate_top, validate_windows=args.validate_windows,
                        validate_seqlen=args.validate_seqlen,
-                       seed=args.seed if args.seed is not None else 0)  # fmt: skip
+                       seed=args.seed if args.seed is not None else SearchConfig.seed)  # fmt: skip
     cfg.validate()
     model, tok = load_model(args.model, device=args.device)
     res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet)
