@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from optishear import CalibSpec, DenseOutputs, PruneConfig, calibration_windows, load_model, prune, reconstruction_error
+from optishear import CalibSpec, DenseOutputs, Plan, calibration_windows, load_model, prune, reconstruction_error
 from optishear.models import default_model_dir
-from optishear.search import SearchConfig, TrialRunner
+from optishear.search import SearchConfig, TrialRunner, search_plan_defaults
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
 NSAMPLES, SEQLEN = 32, 512  # calibration: the statistics
@@ -42,7 +42,7 @@ def setup():
 def optishear_style_trial(path, windows, prompts, metric):
     model, _ = load_model(path)  # reload every trial
     dense = DenseOutputs(model, prompts, batch_size=4, head_shortcut=False)  # dense forward, full logits
-    prune(model, config=PruneConfig(metric=metric, sparsity=0.5, batch_size=4, stats="sequential"), windows=windows,
+    prune(model, plan=Plan(metric=metric, sparsity=0.5, batch_size=4, stats="sequential"), windows=windows,
           progress=False)  # fmt: skip
     return reconstruction_error(model, dense, "fro")
 
@@ -53,23 +53,22 @@ def test_one_trial(benchmark, machine_info, setup, provider):
     machine_info(provider=provider, case=f"SmolLM2-135M, {NSAMPLES}x{SEQLEN} calibration, {PROMPTS}x{PROMPT_LEN} "
                  "prompts, 50% unstructured")  # fmt: skip
     if provider.startswith("ours"):
-        cfg = SearchConfig(nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=4, objective="kl" if provider == "ours-kl"
-                           else "fro", stats="faithful" if provider == "ours-faithful" else "fast")  # fmt: skip
+        plan = Plan(**{**search_plan_defaults().to_dict(), "nsamples": NSAMPLES, "seqlen": SEQLEN, "batch_size": 4,
+                       "stats": "sequential" if provider == "ours-faithful" else "dense"})  # fmt: skip
+        cfg = SearchConfig(plan=plan, objective="kl" if provider == "ours-kl" else "fro")
         runner = TrialRunner(model, windows, cfg, objective_windows=prompts)
-        wanda = runner.run("w:none*none,x:none*none", [0.5] * len(runner.linears))
+        wanda = runner.run(runner.trial_plan("w:none*none,x:none*none", [0.5] * len(runner.linears)))
         benchmark.extra_info["wanda_objective"] = wanda["objective"]  # quality of this statistics mode
         benchmark.extra_info["setup_seconds"] = runner.setup_seconds  # once per search
-        runner.by_hash.clear()
 
-        def trial():
-            rec = runner.run(next(METRICS), [0.5] * len(runner.linears))
+        def trial():  # no shared table of known masks: every timed trial is a full evaluation
+            rec = runner.run(runner.trial_plan(next(METRICS), [0.5] * len(runner.linears)))
             assert rec["evaluated"]
-            runner.by_hash.clear()  # keep every timed trial a full evaluation
             return rec
 
         rounds = 2 if provider == "ours-faithful" else 3
         benchmark.pedantic(trial, rounds=rounds, iterations=1, warmup_rounds=0 if provider == "ours-faithful" else 1)
-        runner.snapshot.restore()
+        runner.close()
     else:
         benchmark.pedantic(lambda: optishear_style_trial(path, windows, prompts, next(METRICS)), rounds=3,
                            iterations=1, warmup_rounds=0)  # fmt: skip

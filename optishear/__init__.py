@@ -1,18 +1,29 @@
-"""OptiShear: post-training pruning of Hugging Face causal LMs with searched metrics and fused kernels."""
+"""OptiShear: post-training pruning of Hugging Face causal LMs with searched metrics and fused kernels.
 
-__version__ = "0.1.0"
+The flow, one module per arrow:
 
-from .config import PruneConfig, parse_structure, read_block_sparsity  # noqa: E402
-from .data import CalibSpec, calibration_windows, eval_tokens, read_text  # noqa: E402
-from .evaluate import DenseOutputs, perplexity, reconstruction_error  # noqa: E402
-from .metrics import NAMED, Metric, resolve_metric  # noqa: E402
-from .models import find_blocks, load_model, model_linears  # noqa: E402
-from .pruner import PruneResult, WeightSnapshot, prune  # noqa: E402
-from .recipe import make_recipe, recipe_config, save_pruned  # noqa: E402
+    text -> windows (data) -> calibration walk (calibrate) -> statistics -> method (methods)
+         -> pruned model (engine) -> objective (objectives) -> trial record -> optimizer (search)
+"""
+
+__version__ = "0.2.0"
+
+from .data import CalibSpec, WindowSet, calibration_windows, eval_tokens, read_text, window_sets  # noqa: E402
+from .engine import PruneResult, plan_windows, prune  # noqa: E402
+from .methods import NAMED, Metric, method_for, resolve_metric  # noqa: E402
+from .models import LinearRef, WeightSnapshot, find_blocks, load_model, model_linears  # noqa: E402
+from .objectives import DenseOutputs, perplexity, reconstruction_error  # noqa: E402
+from .plan import Plan, PruneConfig, parse_structure, read_block_sparsity  # noqa: E402
+from .recipe import make_recipe, recipe_plan, save_pruned  # noqa: E402
+
+
+from . import search  # noqa: E402  (callable: ``optishear.search(model, tok, config, out_dir)``)
+from .search import SearchConfig, SearchResult  # noqa: E402
 
 __all__ = [
-    "PruneConfig", "parse_structure", "read_block_sparsity", "CalibSpec", "calibration_windows", "eval_tokens",
-    "read_text", "DenseOutputs", "perplexity", "reconstruction_error", "NAMED", "Metric", "resolve_metric",
-    "find_blocks", "load_model", "model_linears", "PruneResult", "WeightSnapshot", "prune", "make_recipe",
-    "recipe_config", "save_pruned",
+    "Plan", "PruneConfig", "parse_structure", "read_block_sparsity", "CalibSpec", "WindowSet", "calibration_windows",
+    "window_sets", "eval_tokens", "read_text", "DenseOutputs", "perplexity", "reconstruction_error", "NAMED",
+    "Metric", "method_for", "resolve_metric", "LinearRef", "WeightSnapshot", "find_blocks", "load_model",
+    "model_linears", "PruneResult", "prune", "plan_windows", "make_recipe", "recipe_plan", "save_pruned", "search",
+    "SearchConfig", "SearchResult",
 ]  # fmt: skip

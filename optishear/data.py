@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import logging
 import random
@@ -75,10 +77,149 @@ class CalibSpec:
     seed: int = 0
 
     def validate(self) -> None:
-        if not isinstance(self.nsamples, int) or self.nsamples < 1:
+        if isinstance(self.nsamples, bool) or not isinstance(self.nsamples, int) or self.nsamples < 1:
             raise ValueError(f"nsamples must be a positive integer, got {self.nsamples!r}")
-        if not isinstance(self.seqlen, int) or self.seqlen < 2:
+        if isinstance(self.seqlen, bool) or not isinstance(self.seqlen, int) or self.seqlen < 2:
             raise ValueError(f"seqlen must be an integer >= 2, got {self.seqlen!r}")
+
+
+@dataclass
+class WindowSet:
+    """Token windows drawn for one purpose, with where they came from.
+
+    Attributes:
+        name: ``statistics``, ``objective``, ``validation``...
+        tokens: [n, seqlen] token ids.
+        starts: the token offset of each window in the tokenized text (None for generated text; for C4,
+            ``document * 2**32 + offset``).
+        seed: the seed of the draw.
+    """
+
+    name: str
+    tokens: torch.Tensor
+    starts: list[int] | None
+    seed: int
+
+    @property
+    def digest(self) -> str:
+        return tokens_digest(self.tokens)
+
+    def describe(self) -> dict:
+        return {"n": int(self.tokens.shape[0]), "seqlen": int(self.tokens.shape[1]), "seed": self.seed,
+                "starts": self.starts, "digest": self.digest}  # fmt: skip
+
+
+def tokens_digest(tokens: torch.Tensor) -> str:
+    """A digest of token windows (shape and ids)."""
+    t = tokens.detach().to("cpu", torch.int64).contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_digest(source: str | None) -> str | None:
+    """sha256 of a local text source (every file of a directory, in name order); None otherwise."""
+    if source is None or not Path(source).expanduser().exists():
+        return None
+    p = Path(source).expanduser()
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class _Spans:
+    """Token intervals already taken, for drawing windows that overlap none of them."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.max_len = 0
+
+    def add(self, start: int, length: int) -> None:
+        i = bisect.bisect_left(self.starts, start)
+        self.starts.insert(i, start)
+        self.ends.insert(i, start + length)
+        self.max_len = max(self.max_len, length)
+
+    def free(self, start: int, length: int) -> bool:
+        # Only intervals starting in (start - max_len, start + length) can overlap [start, start + length).
+        lo = bisect.bisect_right(self.starts, start - self.max_len)
+        hi = bisect.bisect_left(self.starts, start + length)
+        return all(self.ends[j] <= start for j in range(lo, hi))
+
+
+def _draw(n_tokens: int, n: int, seqlen: int, rng: random.Random, taken: _Spans | None, what: str) -> list[int]:
+    if n_tokens <= seqlen:
+        raise ValueError(f"the {what} text has {n_tokens} tokens, fewer than seqlen={seqlen}")
+    starts = []
+    tries = 0
+    while len(starts) < n:
+        s = rng.randint(0, n_tokens - seqlen - 1)
+        tries += 1
+        if taken is None or taken.free(s, seqlen):
+            starts.append(s)
+        elif tries > 1000 * n + 10_000:
+            raise ValueError(f"cannot draw {n} {what} windows of {seqlen} tokens apart from the other windows: the "
+                             f"text ({n_tokens} tokens) is too short for all the windows asked for")  # fmt: skip
+    return starts
+
+
+def window_sets(source: str | None, tokenizer, sets: list[tuple[str, int, int, int]], model=None) -> dict[str, WindowSet]:
+    """Several sets of windows from one text, pairwise disjoint.
+
+    Args:
+        sets: ``(name, n, seqlen, seed)`` per set. The first set is drawn exactly as ``calibration_windows``
+            draws it (so a search's statistics windows are a prune's calibration windows); every later set
+            rejects any window that overlaps a window of an earlier set (within a set, windows may overlap,
+            as in the Wanda/SparseGPT protocol). With no source the model writes each set from its own seed.
+
+    Returns:
+        ``{name: WindowSet}``; every set's offsets are recorded (``WindowSet.starts``) for the manifest.
+    """
+    out: dict[str, WindowSet] = {}
+    if source is None:
+        if model is None:
+            raise ValueError("no calibration text given and no model to generate it")
+        for name, n, seqlen, seed in sets:
+            out[name] = WindowSet(name, generated_windows(model, tokenizer, CalibSpec(None, n, seqlen, seed)), None, seed)
+        return out
+    for name, n, seqlen, _ in sets:
+        CalibSpec(source, n, seqlen).validate()
+    if source == "c4" and not Path(source).exists():
+        docs = _hf_text("c4", "train")
+        used: set[int] = set()
+        for name, n, seqlen, seed in sets:
+            rng = random.Random(seed)
+            tokens, starts, tries = [], [], 0
+            while len(tokens) < n:
+                tries += 1
+                if tries > 100 * n + 1000:
+                    raise ValueError(f"C4: found only {len(tokens)} of {n} documents longer than {seqlen} tokens "
+                                     f"in {tries - 1} draws")  # fmt: skip
+                d = rng.randint(0, len(docs) - 1)
+                ids = tokenizer(docs[d], return_tensors="pt").input_ids[0]
+                if ids.numel() > seqlen and (not out or d not in used):
+                    s = rng.randint(0, ids.numel() - seqlen - 1)
+                    tokens.append(ids[s : s + seqlen])
+                    starts.append(d * 2**32 + s)
+            used |= {s >> 32 for s in starts}
+            out[name] = WindowSet(name, torch.stack(tokens), starts, seed)
+        return out
+    if Path(source).expanduser().exists():
+        text = read_text(source)
+    else:
+        text = "\n\n".join(_hf_text(source, "train"))
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    taken = _Spans()
+    for k, (name, n, seqlen, seed) in enumerate(sets):
+        starts = _draw(ids.numel(), n, seqlen, random.Random(seed), taken if k else None, name)
+        for s in starts:
+            taken.add(s, seqlen)
+        out[name] = WindowSet(name, torch.stack([ids[s : s + seqlen] for s in starts]), starts, seed)
+    return out
 
 
 def calibration_windows(spec: CalibSpec, tokenizer, model=None) -> torch.Tensor:
@@ -90,29 +231,8 @@ def calibration_windows(spec: CalibSpec, tokenizer, model=None) -> torch.Tensor:
     from the BOS token with a seeded generator (no download, no data file).
     """
     spec.validate()
-    rng = random.Random(spec.seed)
-    if spec.source is None:
-        if model is None:
-            raise ValueError("no calibration text given and no model to generate it")
-        return generated_windows(model, tokenizer, spec)
-    if spec.source == "c4" and not Path(spec.source).exists():
-        docs = _hf_text("c4", "train")
-        out = []
-        while len(out) < spec.nsamples:
-            ids = tokenizer(docs[rng.randint(0, len(docs) - 1)], return_tensors="pt").input_ids[0]
-            if ids.numel() > spec.seqlen:
-                start = rng.randint(0, ids.numel() - spec.seqlen - 1)
-                out.append(ids[start : start + spec.seqlen])
-        return torch.stack(out)
-    if Path(spec.source).expanduser().exists():
-        text = read_text(spec.source)
-    else:
-        text = "\n\n".join(_hf_text(spec.source, "train"))
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    if ids.numel() <= spec.seqlen:
-        raise ValueError(f"calibration text {spec.source} has {ids.numel()} tokens, fewer than seqlen={spec.seqlen}")
-    starts = [rng.randint(0, ids.numel() - spec.seqlen - 1) for _ in range(spec.nsamples)]
-    return torch.stack([ids[s : s + spec.seqlen] for s in starts])
+    sets = window_sets(spec.source, tokenizer, [("statistics", spec.nsamples, spec.seqlen, spec.seed)], model)
+    return sets["statistics"].tokens
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from optishear import CalibSpec, PruneConfig, WeightSnapshot, calibration_windows, eval_tokens, load_model
+from optishear import CalibSpec, Plan, WeightSnapshot, calibration_windows, eval_tokens, load_model
 from optishear import model_linears, perplexity, prune
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         for structure in args.structures:
             for metric in args.metrics:
                 t0 = time.perf_counter()
-                res = prune(model, tok, PruneConfig(metric=metric, sparsity=0.5, structure=structure,
+                res = prune(model, tok, Plan(metric=metric, sparsity=0.5, structure=structure,
                             nsamples=args.nsamples, seqlen=args.seqlen), windows=windows, progress=False)  # fmt: skip
                 secs = time.perf_counter() - t0
                 ppl, n = perplexity(model, tokens, args.seqlen, args.eval_windows, progress=False)

@@ -15,8 +15,8 @@ import argparse
 import json
 import logging
 
-from optishear import CalibSpec, PruneConfig, calibration_windows, eval_tokens, load_model, perplexity, prune
-from optishear.search import SearchConfig, TrialRunner
+from optishear import CalibSpec, Plan, calibration_windows, eval_tokens, load_model, perplexity, prune
+from optishear.search import SearchConfig, TrialRunner, search_plan_defaults
 
 
 def main() -> None:
@@ -43,17 +43,18 @@ def main() -> None:
     tokens = eval_tokens(args.eval, tok)
     rows = {m: {"metric": m} for m in args.metrics}
     for objective in args.objectives:
-        cfg = SearchConfig(objective=objective, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
-        runner = TrialRunner(model, windows, cfg, objective_windows=prompts)
+        base = search_plan_defaults()
+        plan = Plan(**{**base.to_dict(), "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed})
+        runner = TrialRunner(model, windows, SearchConfig(plan=plan, objective=objective), objective_windows=prompts)
         for m in args.metrics:
-            rows[m][objective] = runner.run(m, [args.sparsity] * len(runner.linears))["objective"]
-        runner.snapshot.restore()
+            rows[m][objective] = runner.run(runner.trial_plan(m, [args.sparsity] * len(runner.linears)))["objective"]
+        runner.close()
     for m in args.metrics:
         if args.no_ppl:
             print(json.dumps(rows[m]), flush=True)
             continue
-        cfg = PruneConfig(metric=m, sparsity=args.sparsity, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
-        prune(model, config=cfg, windows=windows, progress=False)
+        cfg = Plan(metric=m, sparsity=args.sparsity, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+        prune(model, plan=cfg, windows=windows, progress=False)
         rows[m]["ppl"] = perplexity(model, tokens, 512, args.eval_windows, progress=False)[0]
         runner.snapshot.restore()
         print(json.dumps(rows[m]), flush=True)

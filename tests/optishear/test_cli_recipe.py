@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from optishear import PruneConfig, load_model, model_linears, recipe_config
+from optishear import PruneConfig, load_model, model_linears, recipe_plan
 from optishear.cli import main
 
 from ..conftest import need_wikitext
@@ -24,7 +24,8 @@ def test_cli_prune_save_eval_and_recipe_round_trip(tiny_model_dir, tmp_path, cap
     res = _last_json(capsys)
     assert res["windows"] == 3 and res["ppl"] > 1 and res["sparsity"] == pytest.approx(0.5, abs=0.01)
     recipe = json.loads((out_dir / "optishear_recipe.json").read_text())
-    assert recipe["metric"] == "ria" and recipe["calibration"]["seed"] == 1 and len(recipe["block_sparsity"]) == 2
+    assert recipe["plan"]["metric"] == "ria" and recipe["plan"]["seed"] == 1 and len(recipe["block_sparsity"]) == 2
+    assert recipe["mask_digest"] == res["mask_digest"]
     assert set(recipe["versions"]) >= {"optishear", "torch", "transformers"}
     assert all(abs(v - 0.5) < 0.01 for v in recipe["achieved"]["layers"].values())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -44,13 +45,13 @@ def test_cli_prune_save_eval_and_recipe_round_trip(tiny_model_dir, tmp_path, cap
         assert torch.equal(ra.weight2d(), rb.weight2d()), ra.full_name
 
 
-def test_recipe_config_round_trip(tmp_path):
+def test_recipe_plan_round_trip(tmp_path):
     cfg = PruneConfig(metric="w:row*sqrt,x:none*log", block_sparsity=[0.4, 0.6], calib="x.txt", nsamples=3)
     assert PruneConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="not an OptiShear recipe"):
-        recipe_config({"format": "other"})
+        recipe_plan({"format": "other"})
     with pytest.raises(FileNotFoundError):
-        recipe_config(tmp_path / "none.json")
+        recipe_plan(tmp_path / "none.json")
 
 
 @pytest.mark.parametrize(
@@ -92,5 +93,7 @@ def test_cli_search_and_its_recipe_apply_as_is(tiny_model_dir, tmp_path, capsys)
     assert (again["metric"], again["objective"]) == (res["metric"], res["objective"])
     assert main(["prune", "--model", str(tiny_model_dir), "--recipe", res["recipe"], "--json", "--quiet"]) == 0
     applied = _last_json(capsys)
-    assert applied["metric"] == json.loads((out / "optishear_recipe.json").read_text())["metric"]
+    recipe = json.loads((out / "optishear_recipe.json").read_text())
+    assert applied["metric"] == recipe["plan"]["metric"]
+    assert applied["mask_digest"] == recipe["mask_digest"]  # the replay prunes exactly what the search chose
     assert applied["sparsity"] == pytest.approx(0.5, abs=0.01)

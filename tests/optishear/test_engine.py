@@ -22,7 +22,7 @@ def _weights(model):
 @pytest.mark.parametrize("metric", ["wanda", "ria", "magnitude-row", "w:row*sqrt,x:col*log"])
 def test_every_row_has_exactly_int_in_times_s_zeros(build, metric):
     model = build()
-    res = prune(model, config=_cfg(metric=metric, sparsity=0.37), windows=random_windows(), progress=False)
+    res = prune(model, plan=_cfg(metric=metric, sparsity=0.37), windows=random_windows(), progress=False)
     n_layers = 0
     for refs in model_linears(model):
         for r in refs:
@@ -35,7 +35,7 @@ def test_every_row_has_exactly_int_in_times_s_zeros(build, metric):
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2, tiny_opt], ids=["llama", "gpt2-conv1d", "opt"])
 def test_two_four_every_group_has_exactly_two_zeros(build):
     model = build()
-    prune(model, config=_cfg(structure="2:4"), windows=random_windows(), progress=False)
+    prune(model, plan=_cfg(structure="2:4"), windows=random_windows(), progress=False)
     for refs in model_linears(model):
         for r in refs:
             w = r.weight2d()
@@ -47,14 +47,14 @@ def test_embeddings_and_lm_head_are_never_pruned():
     model = tiny_llama()
     emb = model.get_input_embeddings().weight.clone()
     head = model.get_output_embeddings().weight.clone()
-    prune(model, config=_cfg(), windows=random_windows(), progress=False)
+    prune(model, plan=_cfg(), windows=random_windows(), progress=False)
     assert torch.equal(model.get_input_embeddings().weight, emb)
     assert torch.equal(model.get_output_embeddings().weight, head)
 
 
 def test_whole_matrix_magnitude_prunes_exactly_int_numel_times_s():
     model = tiny_llama()
-    prune(model, config=_cfg(metric="magnitude", sparsity=0.5), progress=False)
+    prune(model, plan=_cfg(metric="magnitude", sparsity=0.5), progress=False)
     for refs in model_linears(model):
         for r in refs:
             w = r.weight2d()
@@ -65,7 +65,7 @@ def test_whole_matrix_magnitude_prunes_exactly_int_numel_times_s():
 
 def test_block_sparsity_per_block_and_targets():
     model = tiny_llama(layers=3)
-    prune(model, config=_cfg(block_sparsity=[0.2, 0.5, 0.7], targets=["mlp.*"]), windows=random_windows(),
+    prune(model, plan=_cfg(block_sparsity=[0.2, 0.5, 0.7], targets=["mlp.*"]), windows=random_windows(),
           progress=False)  # fmt: skip
     _, blocks = find_blocks(model)
     for i, s in enumerate([0.2, 0.5, 0.7]):
@@ -76,7 +76,7 @@ def test_block_sparsity_per_block_and_targets():
 
 def test_ignore_patterns():
     model = tiny_llama()
-    prune(model, config=_cfg(ignore=["*down_proj", "0.self_attn.*"]), windows=random_windows(), progress=False)
+    prune(model, plan=_cfg(ignore=["*down_proj", "0.self_attn.*"]), windows=random_windows(), progress=False)
     _, blocks = find_blocks(model)
     assert (blocks[0].mlp.down_proj.weight != 0).all()
     assert (blocks[0].self_attn.k_proj.weight != 0).all()
@@ -87,7 +87,7 @@ def test_same_seed_gives_bit_identical_masks():
     results = []
     for _ in range(2):
         model = tiny_llama(seed=3)
-        res = prune(model, config=_cfg(), windows=random_windows(seed=5), keep_masks=True, progress=False)
+        res = prune(model, plan=_cfg(), windows=random_windows(seed=5), keep_masks=True, progress=False)
         results.append(res.masks)
     assert results[0].keys() == results[1].keys()
     for k in results[0]:
@@ -98,15 +98,15 @@ def test_sequential_statistics_see_pruned_blocks():
     """Sequential protocol: block 1's statistics come from pruned block 0; dense mode: from the dense one."""
     windows = random_windows()
     seq, dense = tiny_llama(), tiny_llama()
-    r1 = prune(seq, config=_cfg(stats="sequential"), windows=windows, keep_masks=True, progress=False)
-    r2 = prune(dense, config=_cfg(stats="dense"), windows=windows, keep_masks=True, progress=False)
+    r1 = prune(seq, plan=_cfg(stats="sequential"), windows=windows, keep_masks=True, progress=False)
+    r2 = prune(dense, plan=_cfg(stats="dense"), windows=windows, keep_masks=True, progress=False)
     assert torch.equal(r1.masks["0.self_attn.q_proj"], r2.masks["0.self_attn.q_proj"])
     assert not all(torch.equal(r1.masks[k], r2.masks[k]) for k in r1.masks if k.startswith("1."))
 
 
 def test_masks_returned_match_the_weights():
     model = tiny_llama()
-    res = prune(model, config=_cfg(), windows=random_windows(), keep_masks=True, progress=False)
+    res = prune(model, plan=_cfg(), windows=random_windows(), keep_masks=True, progress=False)
     for refs in model_linears(model):
         for r in refs:
             m = unpack_mask(res.masks[r.full_name], r.in_features)
@@ -134,7 +134,7 @@ def test_bad_config_is_rejected_before_any_change(kw, match):
     model = tiny_llama()
     before = _weights(model)
     with pytest.raises(ValueError, match=match):
-        prune(model, config=_cfg(**kw), windows=random_windows(), progress=False)
+        prune(model, plan=_cfg(**kw), windows=random_windows(), progress=False)
     after = _weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -142,7 +142,7 @@ def test_bad_config_is_rejected_before_any_change(kw, match):
 def test_nm_that_does_not_divide_columns():
     model = tiny_llama(hidden=60, inter=120, heads=2)  # 60 is not a multiple of 8
     with pytest.raises(ValueError, match="divisible by 8.*has 60"):
-        prune(model, config=_cfg(structure="4:8"), windows=random_windows(), progress=False)
+        prune(model, plan=_cfg(structure="4:8"), windows=random_windows(), progress=False)
 
 
 def test_nan_in_weights_is_named():
@@ -151,7 +151,7 @@ def test_nan_in_weights_is_named():
     blocks[1].mlp.up_proj.weight.data[3, 4] = float("nan")
     before = _weights(model)
     with pytest.raises(ValueError, match="1.mlp.up_proj contain NaN"):
-        prune(model, config=_cfg(), windows=random_windows(), progress=False)
+        prune(model, plan=_cfg(), windows=random_windows(), progress=False)
     after = _weights(model)
     assert all(torch.equal(before[k], after[k]) or k == "1.mlp.up_proj" for k in before)
 
@@ -164,7 +164,7 @@ def test_nan_in_activations_restores_the_model():
     blocks[1].post_attention_layernorm.weight.data[0] = float("inf")
     before = _weights(model)
     with pytest.raises(FloatingPointError, match="activations entering layer 1.mlp"):
-        prune(model, config=_cfg(), windows=random_windows(), progress=False)
+        prune(model, plan=_cfg(), windows=random_windows(), progress=False)
     after = _weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -172,7 +172,7 @@ def test_nan_in_activations_restores_the_model():
 def test_model_without_decoder_blocks():
     net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10))
     with pytest.raises(ValueError, match="no decoder blocks found in Sequential"):
-        prune(net, config=_cfg(), windows=random_windows(vocab=10), progress=False)
+        prune(net, plan=_cfg(), windows=random_windows(vocab=10), progress=False)
 
 
 def test_missing_model_path(tmp_path):
@@ -200,7 +200,7 @@ def test_deepcopy_independence_of_snapshot_restore():
     linears = model_linears(model)
     before = _weights(model)
     snap = WeightSnapshot().save_all(linears)
-    prune(model, config=_cfg(), windows=random_windows(), progress=False)
+    prune(model, plan=_cfg(), windows=random_windows(), progress=False)
     assert not all(torch.equal(before[k], v) for k, v in _weights(model).items())
     snap.restore()
     assert all(torch.equal(before[k], v) for k, v in _weights(model).items())

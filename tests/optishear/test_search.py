@@ -4,17 +4,26 @@ import numpy as np
 import pytest
 import torch
 from optishear import PruneConfig, model_linears, prune
-from optishear.search import SearchConfig, TrialRunner, _Encoding, repair_offsets, search
+from optishear.plan import Plan
+from optishear.search import SearchConfig, TrialRunner, VectorSpace, repair_offsets, search
 from optishear_kernels import MetricConfig, population_prune
 
 from ..conftest import random_windows, tiny_llama
 
 
+PLAN_FIELDS = set(Plan.__dataclass_fields__)
+
+
 def _cfg(**kw):
     base = dict(space="joint", pop_size=8, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0,
-                objective_windows=0, validate_top=0)  # fmt: skip
+                objective_windows=0, validate_top=0, stats="dense")  # fmt: skip
     base.update(kw)
-    return SearchConfig(**base)
+    plan = Plan(**{k: v for k, v in base.items() if k in PLAN_FIELDS})
+    return SearchConfig(plan=plan, **{k: v for k, v in base.items() if k not in PLAN_FIELDS})
+
+
+def _run_trial(runner, metric, blocks, known=None):
+    return runner.run(runner.trial_plan(metric, blocks), known)
 
 
 def _run(tmp_path, name, cfg, **kw):
@@ -43,12 +52,12 @@ def test_recipe_of_a_search_reproduces_its_model(tmp_path):
     res = search(tiny_llama(layers=4), None, _cfg(space="metric", objective="kl"), tmp_path / "run", windows=calib,
                  objective_windows=prompts, progress=False)  # fmt: skip
     recipe = json.loads((tmp_path / "run" / "optishear_recipe.json").read_text())
-    from optishear.evaluate import DenseOutputs, reconstruction_error
-    from optishear.recipe import recipe_config
+    from optishear.objectives import DenseOutputs, reconstruction_error
+    from optishear.recipe import recipe_plan
 
     model = tiny_llama(layers=4)
     dense = DenseOutputs(model, prompts, batch_size=2)
-    prune(model, config=recipe_config(recipe), windows=calib, progress=False)
+    prune(model, plan=recipe_plan(recipe), windows=calib, progress=False)
     assert reconstruction_error(model, dense, "kl") == pytest.approx(res.objective, rel=1e-6)
     assert reconstruction_error(model, DenseOutputs(tiny_llama(layers=4), calib), "kl") != pytest.approx(res.objective)
 
@@ -83,7 +92,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
                                                                            full.objective)  # fmt: skip
     assert [h["best"] for h in resumed.history] == [h["best"] for h in full.history]
     assert resumed.pareto == full.pareto
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="different model, data or configuration"):
         _run(tmp_path, "cut", _cfg(generations=5), resume=True)
 
 
@@ -127,9 +136,10 @@ def test_dedupe_classes_share_masks_and_differ_between_classes():
 def test_trial_runner_shares_one_evaluation_per_mask_class():
     model, windows = tiny_llama(), random_windows(4, 32)
     runner = TrialRunner(model, windows, _cfg(space="metric"))
-    a = runner.run("w:none*none,x:none*none", [0.5, 0.5])
-    b = runner.run("w:row*none,x:total*none", [0.5, 0.5])
-    c = runner.run("w:none*sqrt,x:none*none", [0.5, 0.5])
+    known = {}
+    a = _run_trial(runner, "w:none*none,x:none*none", [0.5, 0.5], known)
+    b = _run_trial(runner, "w:row*none,x:total*none", [0.5, 0.5], known)
+    c = _run_trial(runner, "w:none*sqrt,x:none*none", [0.5, 0.5], known)
     assert a["evaluated"] and not b["evaluated"] and c["evaluated"]
     assert a["mask_hash"] == b["mask_hash"] != c["mask_hash"] and a["objective"] == b["objective"]
 
@@ -138,10 +148,11 @@ def test_trial_runner_shares_one_evaluation_per_mask_class():
 def test_repair_keeps_the_mean_sparsity_exact_for_every_candidate(limit):
     rng = np.random.RandomState(0)
     cfg = _cfg(space="blocks", band=0.05 * limit, step=0.05)
-    enc = _Encoding(cfg, 30, [100] * 30, False, True)
+    enc = VectorSpace("blocks", cfg, [100] * 30, False, True, "wanda")
     X = enc.repair(rng.uniform(-limit - 1, limit + 1, size=(500, 30)))
     for x in X:
-        _, blocks, target = enc.decode(x, "wanda")
+        d = enc.decode(x)
+        blocks, target = d["block_sparsity"], d["target"]
         assert abs(np.mean(blocks) - target) < 1e-12
         assert all(abs(b - target) <= cfg.band + 1e-12 for b in blocks)
     assert repair_offsets(np.array([1, 1, 1]), np.array([1, 1, 1]), 1).sum() == 0
@@ -156,13 +167,13 @@ def test_bad_search_config():
 
 
 def test_owl_block_sparsity_mean_is_the_target():
-    from optishear.owl import owl_block_sparsity
+    from optishear.allocation import owl_block_sparsity
 
     s = owl_block_sparsity([0.01, 0.05, 0.02, 0.03], 0.5, 0.08)
     assert abs(np.mean(s) - 0.5) < 1e-12 and max(s) - min(s) == pytest.approx(0.16)
     assert s[1] == min(s)  # the block with most outliers is pruned least
     model = tiny_llama(layers=3)
-    res = prune(model, config=PruneConfig(block_sparsity="owl", nsamples=4, seqlen=32, batch_size=2),
+    res = prune(model, plan=PruneConfig(block_sparsity="owl", nsamples=4, seqlen=32, batch_size=2),
                 windows=random_windows(), progress=False)  # fmt: skip
     assert len(set(res.block_sparsity)) > 1 and abs(np.mean(res.block_sparsity) - 0.5) < 1e-9
     for i, refs in enumerate(model_linears(model)):
@@ -180,13 +191,13 @@ def test_population_op_hashes_agree_with_trials(tmp_path):
                                                                        for r in read("off")]  # fmt: skip
     runner = TrialRunner(tiny_llama(), random_windows(4, 32), _cfg(space="metric"))
     members = [("w:none*none,x:none*none", [0.5, 0.4]), ("w:row*sqrt,x:col*log", [0.3, 0.6])]
-    hashes = runner.population_hashes(members)
-    assert hashes == [runner.run(m, b)["mask_hash"] for m, b in members]
+    hashes = runner.population_hashes([runner.trial_plan(m, b) for m, b in members])
+    assert hashes == [_run_trial(runner, m, b)["mask_hash"] for m, b in members]
 
 
 def test_faithful_statistics_kl_objective_and_tradeoff_front(tmp_path):
     fast = _run(tmp_path, "fast", _cfg(space="metric", generations=1, objective="kl"))
-    faithful = _run(tmp_path, "faithful", _cfg(space="metric", generations=1, objective="kl", stats="faithful"))
+    faithful = _run(tmp_path, "faithful", _cfg(space="metric", generations=1, objective="kl", stats="sequential"))
     read = lambda d: {json.loads(line)["metric"]: json.loads(line)["objective"]  # noqa: E731
                       for line in (tmp_path / d / "trials.jsonl").read_text().splitlines()}  # fmt: skip
     wanda = MetricConfig().spec
@@ -210,7 +221,7 @@ def test_metric_genotypes_are_canonical_and_repeated_trials_are_free(tmp_path):
     # Offspring may repeat known configurations: those trials are answered from the log, never pruned again.
     assert len({t["key"] for t in logged}) == len(logged) < res.trials
     assert res.distinct == sum(t["evaluated"] for t in logged)
-    enc = _Encoding(_cfg(space="metric"), 2, [1, 1], True, False)
+    enc = VectorSpace("metric", _cfg(space="metric"), [1, 1], True, False, "wanda")
     X = enc.repair(np.array([[1.0, 6, 5, 6], [0, 2, 0, 2], [2.4, 0.6, 2, 1.2]]))
     assert X.tolist() == [[0, 3, 0, 3], [0, 0, 0, 0], [2, 1, 2, 1]]
 
@@ -232,12 +243,12 @@ def test_finalists_are_chosen_on_held_out_prompts_and_resume_reads_them_back(tmp
     chosen = min(lines, key=lambda v: v["validation"])
     assert (res.metric, res.validation, res.objective) == (chosen["metric"], chosen["validation"], chosen["objective"])
     # The held-out error is what the recipe's model shows on those prompts.
-    from optishear.evaluate import DenseOutputs, reconstruction_error
-    from optishear.recipe import recipe_config
+    from optishear.objectives import DenseOutputs, reconstruction_error
+    from optishear.recipe import recipe_plan
 
     model = tiny_llama(layers=4)
     dense = DenseOutputs(model, held_out, batch_size=2)
-    prune(model, config=recipe_config(res.recipe), windows=calib, progress=False)
+    prune(model, plan=recipe_plan(res.recipe), windows=calib, progress=False)
     assert reconstruction_error(model, dense, cfg.objective) == pytest.approx(res.validation, rel=1e-6)
     again = run()  # resumed: nothing evaluated again, same answer
     assert len((tmp_path / "run" / "validation.jsonl").read_text().splitlines()) == len(lines)

@@ -1,4 +1,4 @@
-"""OWL layerwise sparsity (Yin et al., 2024): blocks with more activation outliers are pruned less."""
+"""Sparsity allocation across blocks. OWL (Yin et al., 2024): blocks with more activation outliers are pruned less."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from optishear_kernels import WANDA, meta_score
 
+from .calibrate import ACT_NORM
 from .models import LinearRef
 
 
@@ -15,7 +16,7 @@ def outlier_ratios(linears: list[list[LinearRef]], stats: list[dict[str, torch.T
     for refs, block_stats in zip(linears, stats):
         above, total = 0, 0
         for r in refs:
-            score = meta_score(r.weight2d(), block_stats[r.name], WANDA)
+            score = meta_score(r.weight2d(), block_stats[r.name][ACT_NORM], WANDA)
             above += int((score > m * score.mean()).sum())
             total += score.numel()
         ratios.append(above / max(total, 1))

@@ -1,4 +1,5 @@
-"""Named pruning metrics and the meta-metric space, resolved to what the kernels compute."""
+"""The score -> mask -> zero method: magnitude, Wanda, RIA and every point of the meta metric, all through the
+fused kernels of ``optishear_kernels``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from dataclasses import dataclass
 
 import torch
 from optishear_kernels import RIA, WANDA, MetricConfig, all_finite, fused_prune, nm_mask, pack_mask, row_topk_mask
+
+from ..calibrate import ACT_NORM
+from .base import BlockJob, Method
 
 NAMED = ("magnitude", "magnitude-row", "wanda", "ria")
 
@@ -92,3 +96,38 @@ def prune_matrix(
         mask = row_topk_mask(score.reshape(1, -1), int(w2d.numel() * sparsity)).reshape(w2d.shape)
     w2d.masked_fill_(mask, 0)
     return pack_mask(mask)
+
+
+class MetricMethod(Method):
+    """Score every weight by a row-scoped metric (or whole-matrix magnitude), prune the lowest, zero them."""
+
+    name = "metric"
+
+    @classmethod
+    def handles(cls, metric: str) -> bool:
+        try:
+            resolve_metric(metric)
+        except ValueError:
+            return False
+        return True
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.metric = resolve_metric(plan.metric)
+
+    def validate(self, plan) -> None:
+        resolve_metric(plan.metric)
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({ACT_NORM}) if self.metric.needs_activations else frozenset()
+
+    def prune_block(self, job: BlockJob) -> None:
+        nm = self.plan.nm
+        for r in job.refs:
+            job.snapshot.save(r)
+            x = job.stat(r, ACT_NORM) if self.metric.needs_activations else None
+            packed = prune_matrix(
+                r.weight2d(), x.to(r.module.weight.device) if x is not None else None, self.metric,
+                sparsity=None if nm is not None else job.sparsity, nm=nm, backend_name=job.backend,
+            )  # fmt: skip
+            job.masks.add(r.full_name, packed)

@@ -1,0 +1,30 @@
+"""``optishear search``: a search over the plan's space, written to ``--out`` as it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "search the metric and/or block sparsities (NSGA-III / NSGA-II), resumable"
+
+
+def add_arguments(p) -> None:
+    from ..search.config import SearchConfig
+
+    SearchConfig.add_arguments(p)
+    p.add_argument("--out", required=True, help="run directory (trials.jsonl, manifest.json, recipe...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same model, data and config)")
+
+
+def run(args) -> dict:
+    from ..models import load_model
+    from ..search import search
+    from ..search.config import SearchConfig
+
+    cfg = SearchConfig.from_args(args)
+    cfg.validate()
+    model, tok = load_model(args.model, device=args.device)
+    res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet)
+    return {"metric": res.metric, "objective": res.objective, "validation": res.validation, "trials": res.trials,
+            "distinct": res.distinct, "failed": res.failed, "seconds": round(res.seconds, 1),
+            "block_sparsity": res.block_sparsity, "out": res.out_dir,
+            "recipe": str(Path(res.out_dir) / "optishear_recipe.json")}  # fmt: skip

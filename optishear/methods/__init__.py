@@ -1,0 +1,32 @@
+"""Pruning methods behind one protocol (``base.Method``), chosen by the plan's ``metric``.
+
+| file | method | plan ``metric`` |
+|---|---|---|
+| ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
+
+A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
+"""
+
+from __future__ import annotations
+
+from .base import BlockJob, MaskSink, Method, mask_digest
+from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
+
+METHODS: list[type[Method]] = [MetricMethod]
+
+
+def method_for(plan) -> Method:
+    """The method the plan names, built for that plan.
+
+    Raises:
+        ValueError: no method knows the plan's metric (the message lists what is accepted).
+    """
+    for cls in METHODS:
+        if cls.handles(plan.metric):
+            return cls(plan)
+    resolve_metric(plan.metric)  # raises the metric's own message, with the accepted forms
+    raise ValueError(f"no pruning method handles metric {plan.metric!r}")
+
+
+__all__ = ["BlockJob", "MaskSink", "Method", "mask_digest", "NAMED", "Metric", "MetricMethod", "prune_matrix",
+           "resolve_metric", "METHODS", "method_for"]  # fmt: skip

@@ -1,0 +1,158 @@
+"""A search's configuration: the base plan it varies, and how it searches."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .. import codec
+from ..codec import opt
+from ..plan import Plan, check_sparsity
+
+SPACES = ("metric", "blocks", "joint", "metric-then-blocks")
+ALGORITHMS = ("nsga3", "nsga2")
+OBJECTIVES = ("kl", "fro")
+
+
+def search_plan_defaults() -> Plan:
+    """The plan a search starts from when none is given: statistics from 32 x 512 calibration windows (what the
+    README's evaluations use, so a searched metric is judged with the statistics it will be applied with),
+    computed once from the dense model (``stats="dense"``; ``sequential`` runs the walk in every trial)."""
+    return Plan(nsamples=32, seqlen=512, batch_size=4, stats="dense")
+
+
+def _nonneg_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+
+
+def _pos_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+@dataclass
+class SearchConfig:
+    """A search run.
+
+    Attributes:
+        plan: the base plan: what every trial shares (structure, targets/ignore, statistics mode, calibration)
+            and what the space varies from (``plan.metric`` is the fixed metric of the ``blocks`` space,
+            ``plan.sparsity`` the target mean sparsity, held exactly by the repair).
+        space: ``metric`` (the 2,401-point meta metric), ``blocks`` (one sparsity per block, the plan's metric),
+            ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order).
+        algorithm: ``nsga3`` (OptiShear v1) or ``nsga2`` (the paper's later version), both pymoo's.
+        objective: ``kl`` (mean KL(dense || pruned) of next-token distributions, the default: on SmolLM2 it ranks
+            metrics as perplexity does, where ``fro`` inverted two of three, see the README) or ``fro``
+            (Frobenius norm of the logits difference, OptiShear v1).
+        objective_windows, objective_seqlen: the prompts the objective compares dense and pruned outputs on,
+            drawn from the calibration text apart from the statistics windows (OptiShear's "example prompts");
+            0 windows: the calibration windows themselves.
+        tradeoff: add the mean sparsity as a second objective over ``sparsity_levels`` (error vs sparsity).
+        band, step: block sparsities lie on ``target + step * j`` within ``target +- band``.
+        validate_top, validate_windows, validate_seqlen: after each stage, the ``validate_top`` best distinct
+            candidates and the stage's seeded baseline are scored again on ``validate_windows`` held-out prompts
+            (a third draw, disjoint from the other two), and the lowest held-out error is chosen. 0: off.
+        mutation_eta: polynomial mutation's distribution index (smaller: bolder steps).
+        eliminate_duplicates: pymoo's duplicate elimination (offspring must differ from the population). Off by
+            default: an offspring that repeats a known configuration is answered from the trial log for free.
+        population: ``on``: each generation's masks come from the kernels' population op first, so that trials
+            whose masks were seen are answered without pruning; ``auto``: on when the kernels run in Triton;
+            ``off``. On the CPU twin the op costs as much as pruning each member.
+        max_failures: trials that fail (a non-finite objective, say) are recorded with ``status: failed`` and
+            treated as infeasible by the optimizer; past this many the search stops with an error.
+    """
+
+    plan: Plan = field(default_factory=search_plan_defaults, metadata={"nested": Plan})
+    space: str = opt("metric", choices=SPACES, type=str, help="what the search varies")
+    algorithm: str = opt("nsga3", choices=ALGORITHMS, type=str, help="pymoo algorithm")
+    objective: str = opt("kl", choices=OBJECTIVES, type=str, help="reconstruction error against the dense model")
+    tradeoff: bool = opt(False, kind="bool", help="second objective: sparsity (error vs sparsity front)")
+    sparsity_levels: list[float] = opt(kind="list", type=float, help="sparsity levels of --tradeoff",
+                                       default_factory=lambda: [0.4, 0.45, 0.5, 0.55, 0.6])  # fmt: skip
+    pop_size: int = opt(20, type=int, help="population size")
+    generations: int = opt(10, type=int, help="generations")
+    band: float = opt(0.05, type=float, help="block sparsities within target +- band")
+    step: float = opt(0.05, type=float, help="block sparsity grid step")
+    mutation_eta: float = opt(5.0, type=float, help="polynomial mutation index")
+    eliminate_duplicates: bool = opt(False, kind="bool", help="offspring must be new (pymoo's default)")
+    population: str = opt("auto", choices=("auto", "on", "off"), type=str, help="kernels' population op")
+    objective_windows: int = opt(4, type=int, help="objective prompts (0: the calibration windows)")
+    objective_seqlen: int = opt(256, type=int, help="tokens per objective prompt")
+    validate_top: int = opt(4, type=int, help="held-out finalists per stage (0: none)")
+    validate_windows: int = opt(16, type=int, help="held-out prompts")
+    validate_seqlen: int = opt(512, type=int, help="tokens per held-out prompt")
+    max_failures: int = opt(10, type=int, help="failed trials tolerated before the search stops")
+
+    def validate(self) -> None:
+        if not isinstance(self.plan, Plan):
+            raise ValueError(f"plan must be a Plan, got {type(self.plan).__name__}")
+        self.plan.validate()
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.plan.nm is not None and self.space != "metric":
+            raise ValueError("N:M fixes every block's sparsity: only --space metric applies")
+        if self.plan.block_sparsity is not None and self.space != "metric":
+            raise ValueError(f"--space {self.space} searches the block sparsities: the plan must not fix them")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.population not in ("auto", "on", "off"):
+            raise ValueError(f"population must be auto, on or off, got {self.population!r}")
+        if not self.mutation_eta > 0:
+            raise ValueError(f"mutation_eta must be > 0, got {self.mutation_eta}")
+        if not (self.step > 0 and self.band >= 0):
+            raise ValueError(f"band must be >= 0 and step > 0, got band={self.band}, step={self.step}")
+        s = self.plan.sparsity
+        if s - self.band < 0 or s + self.band >= 1:
+            raise ValueError(f"sparsity +- band must stay in [0, 1): {s} +- {self.band}")
+        for name in ("objective_windows", "validate_top", "max_failures"):
+            _nonneg_int(getattr(self, name), name)
+        for name in ("pop_size", "generations", "objective_seqlen", "validate_windows", "validate_seqlen"):
+            _pos_int(getattr(self, name), name)
+        if self.tradeoff:
+            if not self.sparsity_levels:
+                raise ValueError("--tradeoff needs at least one sparsity level")
+            for lv in self.sparsity_levels:
+                check_sparsity(lv, "sparsity_levels")
+                if self.space != "metric" and (lv - self.band < 0 or lv + self.band >= 1):
+                    raise ValueError(f"sparsity level {lv} +- band {self.band} leaves [0, 1)")
+
+    @property
+    def n_offsets(self) -> int:
+        return int(round(self.band / self.step + 1e-9))
+
+    # -- codec -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return codec.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        return codec.from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return codec.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SearchConfig":
+        return cls.from_dict(json.loads(text))
+
+    def to_argv(self) -> list[str]:
+        """Plan flags then search flags: ``optishear search <these> --out DIR`` runs this search."""
+        return self.plan.to_argv() + codec.to_argv(self)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        Plan.add_arguments(parser, search_plan_defaults())
+        codec.add_arguments(parser, cls, cls())
+
+    @classmethod
+    def from_args(cls, args, base: "SearchConfig | None" = None) -> "SearchConfig":
+        base = base or cls()
+        cfg = codec.from_args(cls, args, base)
+        cfg.plan = Plan.from_args(args, base.plan)
+        return cfg
+
+
+__all__ = ["SearchConfig", "SPACES", "ALGORITHMS", "OBJECTIVES", "search_plan_defaults"]

@@ -1,0 +1,254 @@
+"""The search driver: ask -> decode -> dedupe -> executor -> log -> tell, per generation, per stage.
+
+The driver is the single writer of the run directory: ``manifest.json`` (what every trial depends on; a resume
+that does not match it is refused), ``config.json``, ``trials.jsonl`` (one line per trial, flushed as it
+finishes), ``validation.jsonl`` (held-out finalists), ``history.json``, ``pareto.json``,
+``optishear_recipe.json`` (the chosen plan; apply it with ``optishear prune --recipe``) and ``search.png``.
+A resumed run replays the same seeded search and reads finished trials back instead of running them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import WindowSet, window_sets
+from ..models import model_linears
+from ..recipe import make_recipe, write_json_atomic
+from .config import SearchConfig
+from .executor import LocalExecutor, TrialRequest
+from .manifest import build_manifest, check_or_write
+from .optimizers import PymooOptimizer
+from .report import plot
+from .runner import TrialRunner
+from .select import Validator, choose
+from .spaces import VectorSpace
+from .trials import TrialLog, TrialRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search.
+
+    Attributes:
+        metric: the chosen metric spec; block_sparsity: the chosen per-block sparsities.
+        objective: its reconstruction error; pareto: the final non-dominated set (list of dicts).
+        trials: trials proposed (including those answered from the log or an identical mask);
+        distinct: distinct pruned models evaluated; failed: trials that failed; seconds: wall time;
+        out_dir: where outputs are; history: one dict per generation.
+        recipe: the chosen solution's recipe; validation: its held-out error (None when validation is off).
+    """
+
+    metric: str
+    block_sparsity: list[float]
+    objective: float
+    pareto: list[dict]
+    trials: int
+    distinct: int
+    seconds: float
+    out_dir: str
+    history: list[dict]
+    recipe: dict | None = None
+    validation: float | None = None
+    failed: int = 0
+
+
+class _Run:
+    """State shared by the stages of one search."""
+
+    def __init__(self, cfg: SearchConfig, runner: TrialRunner, executor, log: TrialLog, cache: dict,
+                 on_trial, population: bool):  # fmt: skip
+        self.cfg = cfg
+        self.runner = runner
+        self.executor = executor
+        self.log = log
+        self.cache: dict[str, TrialRecord] = cache
+        self.on_trial = on_trial
+        self.population = population
+        self.known: dict[str, tuple[float, float]] = {r.mask_hash: (r.objective, r.sparsity) for r in cache.values()
+                                                      if r.ok and r.evaluated}  # fmt: skip
+        self.history: list[dict] = []
+        self.proposed = 0
+        self.hashes: set[str] = set()
+        self.failed: set[str] = set()
+
+    def stage(self, stage: str, search_metric: bool, search_blocks: bool, fixed_metric: str):
+        cfg, runner = self.cfg, self.runner
+        sizes = [sum(r.weight2d().numel() for r in refs) for refs in runner.linears]
+        space = VectorSpace(stage, cfg, sizes, search_metric, search_blocks, fixed_metric)
+        opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
+                             mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
+                             seed=cfg.plan.seed)  # fmt: skip
+        records: dict[str, TrialRecord] = {}
+        baseline = None
+        while opt.has_next():
+            X = opt.ask()
+            keys = [space.key(x) for x in X]
+            baseline = baseline or keys[0]  # the seeded first member: Wanda (metric) or uniform blocks
+            t_gen = time.perf_counter()
+            # One trial per new key: a key repeated within the generation is answered by its first occurrence.
+            todo = [j for j, k in enumerate(keys) if k not in self.cache and keys.index(k) == j]
+            decoded = {j: space.decode(X[j]) for j in todo}
+            plans = {j: runner.trial_plan(d["metric"], d["block_sparsity"]) for j, d in decoded.items()}
+            known_hashes = {}
+            if todo and self.population:
+                hashes = runner.population_hashes([plans[j] for j in todo])
+                known_hashes = dict(zip(todo, hashes)) if hashes is not None else {}
+            requests = [TrialRequest(j, plans[j], known_hashes.get(j)) for j in todo]
+            for j, result in self.executor.run(requests, self.known):
+                rec = TrialRecord(stage=stage, key=keys[j], generation=opt.generation, metric=decoded[j]["metric"],
+                                  block_sparsity=decoded[j]["block_sparsity"], **result)  # fmt: skip
+                self.cache[rec.key] = rec
+                self.log.write(rec)
+                if rec.ok and rec.evaluated:
+                    self.known.setdefault(rec.mask_hash, (rec.objective, rec.sparsity))
+                if self.on_trial is not None:
+                    self.on_trial(rec.to_dict())
+            F = np.zeros((len(X), space.n_obj))
+            feasible = np.ones(len(X), dtype=bool)
+            for j, key in enumerate(keys):
+                rec = self.cache[key]
+                records[key] = rec
+                self.proposed += 1
+                if not rec.ok:
+                    feasible[j] = False
+                    self.failed.add(key)
+                    continue
+                self.hashes.add(rec.mask_hash)
+                F[j, 0] = rec.objective
+                if space.n_obj == 2:
+                    F[j, 1] = -rec.sparsity
+            if len(self.failed) > cfg.max_failures:
+                last = next(self.cache[k] for k in reversed(list(self.cache)) if not self.cache[k].ok)
+                raise RuntimeError(f"{len(self.failed)} trials failed (max_failures={cfg.max_failures}); the last: "
+                                   f"{last.metric} {last.block_sparsity}: {last.error}. Finished trials are in the "
+                                   "log: fix the cause or raise --max-failures, then --resume")  # fmt: skip
+            opt.tell(F, feasible)
+            self._progress(stage, opt.generation - 1, F[feasible, 0], opt, time.perf_counter() - t_gen, len(X),
+                           len(todo))  # fmt: skip
+        front = opt.front()
+        if not front:
+            raise RuntimeError(f"[{stage}] every trial failed: no solution (see the errors in trials.jsonl)")
+        pareto = []
+        for x, f in front:
+            rec = records[space.key(x)]
+            pareto.append({"metric": rec.metric, "block_sparsity": rec.block_sparsity, "sparsity": rec.sparsity,
+                           "objective": float(f[0])})  # fmt: skip
+        pareto.sort(key=lambda r: (-r["sparsity"], r["objective"]))
+        ok = [r.to_dict() for r in records.values() if r.ok]
+        base = records[baseline]
+        return pareto, ok, base.to_dict() if base.ok else None
+
+    def _progress(self, stage, gen, feasible_f, opt, wall, n, new) -> None:
+        seen = [float(v) for v in feasible_f] + [h["best"] for h in self.history if h["stage"] == stage]
+        best = min(seen) if seen else float("nan")
+        secs, per_new = wall / n, wall / new if new else 0.0
+        self.history.append({"stage": stage, "generation": gen, "trials": self.proposed, "distinct": len(self.hashes),
+                             "failed": len(self.failed), "best": best, "pareto": len(opt.front()),
+                             "seconds_per_trial": secs, "seconds_per_new_trial": per_new})  # fmt: skip
+        logger.info("[%s] gen %d/%d  trials %d  distinct %d  failed %d  best %.6g  pareto %d  %.2f s/trial "
+                    "(%d new, %.2f s each)", stage, gen + 1, self.cfg.generations, self.proposed, len(self.hashes),
+                    len(self.failed), best, len(opt.front()), secs, new, per_new)  # fmt: skip
+
+
+def _window_sets(cfg: SearchConfig, tokenizer, model, windows, objective_windows, validation_windows):
+    """The statistics, objective and validation windows: given ones as they are, the rest drawn disjointly from
+    the calibration text (``data.window_sets``: the objective and validation sets overlap no other window)."""
+    p = cfg.plan
+    wanted = [("statistics", p.nsamples, p.seqlen, p.seed)]
+    if cfg.objective_windows:
+        wanted.append(("objective", cfg.objective_windows, cfg.objective_seqlen, p.seed + 1))
+    if cfg.validate_top:
+        wanted.append(("validation", cfg.validate_windows, cfg.validate_seqlen, p.seed + 2))
+    given = {"statistics": windows, "objective": objective_windows, "validation": validation_windows}
+    out: dict[str, WindowSet] = {}
+    if any(given[name] is None for name, *_ in wanted):
+        out = window_sets(p.calib, tokenizer, wanted, model)
+    for name, seed in (("statistics", p.seed), ("objective", p.seed + 1), ("validation", p.seed + 2)):
+        if given[name] is not None:
+            out[name] = WindowSet(name, given[name], None, seed)
+    return out
+
+
+def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = False, windows=None,
+           objective_windows=None, validation_windows=None, executor=None, backend: str | None = None,
+           progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
+    """Run a search and write its outputs to ``out_dir``.
+
+    Args:
+        resume: continue the run in ``out_dir``: finished trials are read back, never run again; refused when the
+            model, tokenizer, data or configuration differ from the run's manifest.
+        windows / objective_windows / validation_windows: token windows to use as they are (tests); otherwise
+            drawn from ``config.plan.calib``, pairwise disjoint.
+        executor: where trials run (default: this process, ``LocalExecutor``).
+        backend: kernels backend (auto / torch / triton), resolved once.
+        on_trial: called with each newly written trial record (tests use it to interrupt a run).
+    """
+    config.validate()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = TrialLog(out / "trials.jsonl")
+    existing = log.read()
+    if not resume and existing:
+        raise FileExistsError(f"{out} holds a search already: pass resume=True (--resume) or another directory")
+    if not any(model_linears(model, config.plan.targets, config.plan.ignore)):
+        raise ValueError("no linear layers selected for pruning (check targets / ignore)")
+    sets = _window_sets(config, tokenizer, model, windows, objective_windows, validation_windows)
+    runner = TrialRunner(model, sets["statistics"].tokens, config,
+                         objective_windows=sets["objective"].tokens if "objective" in sets else None, backend=backend,
+                         progress=progress)  # fmt: skip
+    executor = executor or LocalExecutor(runner)
+    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=executor.describe()), resume,
+                   bool(existing))  # fmt: skip
+    write_json_atomic(out / "config.json", config.to_dict())
+    validator = None
+    if config.validate_top:
+        validator = Validator(runner, sets["validation"].tokens, out / "validation.jsonl", resume, progress)
+    cache = {r.key: r for r in existing} if resume else {}
+    if cache:
+        logger.info("resuming: %d finished trials read from %s", len(cache), log.path)
+    population = config.population == "on" or (config.population == "auto" and runner.backend == "triton")
+
+    def pick(stage, staged):
+        pareto, records, baseline = staged
+        return validator.choose(stage, records, baseline, config) if validator else choose(pareto, config)
+
+    try:
+        with log:
+            run = _Run(config, runner, executor, log, cache, on_trial, population)
+            if config.space == "metric-then-blocks":
+                best_metric = pick("metric", run.stage("metric", True, False, config.plan.metric))["metric"]
+                staged, stage = run.stage("blocks", False, True, best_metric), "blocks"
+            else:
+                space = config.space
+                staged = run.stage(space, space in ("metric", "joint"), space in ("blocks", "joint"), config.plan.metric)
+                stage = space
+        pareto = staged[0]
+        chosen = pick(stage, staged)
+        plan = runner.trial_plan(chosen["metric"], chosen["block_sparsity"])
+        result = runner.apply(plan)
+        recipe = make_recipe(plan, result, model, windows=runner.windows)
+        recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,
+                            "algorithm": config.algorithm, "trials": run.proposed, "distinct": len(run.hashes),
+                            "failed": len(run.failed), "validation": chosen.get("validation")}  # fmt: skip
+        write_json_atomic(out / "optishear_recipe.json", recipe)
+        write_json_atomic(out / "pareto.json", pareto)
+        write_json_atomic(out / "history.json", run.history)
+        plot(run.history, pareto, out / "search.png")
+    finally:
+        runner.close()
+        executor.close()
+    return SearchResult(metric=chosen["metric"], block_sparsity=chosen["block_sparsity"],
+                        objective=chosen["objective"], pareto=pareto, trials=run.proposed, distinct=len(run.hashes),
+                        seconds=time.perf_counter() - t0, out_dir=str(out), history=run.history, recipe=recipe,
+                        validation=chosen.get("validation"), failed=len(run.failed))  # fmt: skip
+
+
+__all__ = ["SearchResult", "search"]

@@ -1,0 +1,94 @@
+"""The run manifest (``manifest.json``): everything a trial depends on, written before the first trial.
+
+Model identity (config digest, weights fingerprint), tokenizer (vocabulary digest), every window set (its
+offsets in the text and a digest of its tokens), the calibration text's digest, the configuration (plan
+included), the executor and the library versions. A resume compares the new run's manifest with the one on
+disk and refuses any difference in model, tokenizer, data or configuration, naming what differs; other
+versions only warn (the trials were computed with them, and say so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..data import WindowSet, source_digest
+from ..models import model_identity, tokenizer_identity
+from ..recipe import versions, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "optishear-search-manifest/1"
+# Configuration fields that cannot change any trial's result: a resume may change them.
+RESUMABLE_CHANGES = ("max_failures",)
+
+
+def build_manifest(model, tokenizer, config, windows: dict[str, WindowSet], *, executor: dict | None = None) -> dict:
+    cfg = config.to_dict()
+    return {
+        "format": FORMAT,
+        "model": model_identity(model),
+        "tokenizer": tokenizer_identity(tokenizer),
+        "data": {"source": config.plan.calib, "source_digest": source_digest(config.plan.calib),
+                 "windows": {name: ws.describe() for name, ws in windows.items()}},  # fmt: skip
+        "config": cfg,
+        "executor": executor or {"kind": "local", "workers": 1},
+        "versions": versions(),
+    }
+
+
+def _diff(old, new, path: str, out: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k, out)
+    elif old != new:
+        show = lambda v: json.dumps(v)[:120]  # noqa: E731
+        out.append(f"{path}: {show(old)} -> {show(new)}")
+
+
+def manifest_differences(old: dict, new: dict) -> list[str]:
+    """What differs between two manifests in model, tokenizer, data and configuration (one line each)."""
+    out: list[str] = []
+    for section in ("model", "tokenizer", "data"):
+        _diff(old.get(section), new.get(section), section, out)
+    oc = {k: v for k, v in (old.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
+    nc = {k: v for k, v in (new.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
+    _diff(oc, nc, "config", out)
+    return out
+
+
+def check_or_write(out: Path, manifest: dict, resume: bool, has_trials: bool) -> None:
+    """Write the manifest of a new run, or check a resumed run's against it.
+
+    Raises:
+        FileExistsError: ``out`` holds a search and ``resume`` is off.
+        ValueError: a resume with another model, tokenizer, data or configuration (every difference named).
+    """
+    path = out / MANIFEST_NAME
+    if not resume:
+        if has_trials:
+            raise FileExistsError(f"{out} holds a search already: pass resume=True (--resume) or another directory")
+        write_json_atomic(path, manifest)
+        return
+    if not path.is_file():
+        if has_trials:
+            raise ValueError(f"--resume: {out} has trials but no {MANIFEST_NAME} (written by an older version?): "
+                             "it cannot be checked, start a new run")  # fmt: skip
+        write_json_atomic(path, manifest)
+        return
+    old = json.loads(path.read_text())
+    diffs = manifest_differences(old, manifest)
+    if diffs:
+        raise ValueError(f"--resume: the run in {out} was made with a different model, data or configuration "
+                         "(a different configuration cannot reuse its trials):\n  " + "\n  ".join(diffs))  # fmt: skip
+    vdiff: list[str] = []
+    _diff(old.get("versions"), manifest.get("versions"), "versions", vdiff)
+    if vdiff:
+        logger.warning("resuming with other library versions than the run started with: %s", "; ".join(vdiff))
+    if old.get("config") != manifest.get("config"):
+        write_json_atomic(path, {**old, "config": manifest["config"]})  # a resumable change (max_failures)
+
+
+__all__ = ["build_manifest", "manifest_differences", "check_or_write", "MANIFEST_NAME"]
