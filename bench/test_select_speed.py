@@ -4,7 +4,8 @@
     python bench/report.py bench/select.json
 
 Both providers compute Wanda's score from W and X and produce the boolean pruned mask; the masks are
-checked identical before timing. On CUDA the Triton fused prune is timed too.
+checked identical before timing (CI runs the same check on small shapes, every backend:
+tests/kernels/test_wanda_selection.py). On CUDA the Triton fused prune is timed too.
 """
 
 import pytest

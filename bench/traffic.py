@@ -133,7 +133,8 @@ def wanda_unfused(w: torch.Tensor, x_sq: torch.Tensor, sparsity: float) -> torch
 
 def measure(rows: int, cols: int, dtype: torch.dtype, sparsity: float = 0.5, metric=(0, 0, 0, 0)) -> list[dict]:
     from optishear_kernels import MetricConfig
-    from optishear_kernels.prune import fused_prune_triton, w_stats_triton
+    from optishear_kernels.prune import fused_prune_triton
+    from optishear_kernels.w_stats import w_stats_triton
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(rows, cols, generator=g).to(dtype)

@@ -18,28 +18,34 @@ from .metric import (
     meta_score,
     x_part,
 )
+from .operators import Coefficient, CoefMode, Transform
 from .prune import PruneOutput, fused_prune, population_prune
 from .select import nm_mask, pack_mask, row_topk_mask, unpack_mask
 
+__version__ = "0.1.0"
+
 __all__ = [
-    "ActNorm",
-    "act_norm_update",
-    "choose_backend",
-    "COEFFICIENT_NAMES",
     "COEFFICIENTS",
-    "TRANSFORMS",
+    "COEFFICIENT_NAMES",
     "RIA",
+    "TRANSFORMS",
     "WANDA",
+    "ActNorm",
+    "CoefMode",
+    "Coefficient",
     "MetricConfig",
+    "PruneOutput",
+    "Transform",
+    "act_norm_update",
     "all_configs",
     "all_finite",
-    "meta_score",
-    "x_part",
-    "PruneOutput",
+    "choose_backend",
     "fused_prune",
-    "population_prune",
+    "meta_score",
     "nm_mask",
     "pack_mask",
+    "population_prune",
     "row_topk_mask",
     "unpack_mask",
+    "x_part",
 ]

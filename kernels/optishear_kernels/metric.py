@@ -26,24 +26,39 @@ from dataclasses import dataclass
 
 import torch
 
-TRANSFORMS: tuple[str, ...] = ("none", "sqrt", "square", "exp", "log", "sigmoid", "softmax")
-COEFFICIENTS: tuple[str, ...] = ("none", "row", "col", "rowcol", "total", "mean", "fro")
+from .operators import (
+    COEF_MODE,
+    COEFFICIENT_NAMES,
+    COEFFICIENTS,
+    NEEDS_COL_SUM,
+    NEEDS_ROW_MAX,
+    NEEDS_ROW_SUM,
+    NEEDS_SQ_SUM,
+    NEEDS_TOTAL,
+    ROW_CONSTANT,
+    TRANSFORMS,
+    Coefficient,
+    CoefMode,
+    Transform,
+)
+
 # Extra W-side coefficient outside the 7x7x7x7 space: RIA's relative importance 1/row_sum + 1/col_sum.
-RIA_COEFFICIENT = 7
-COEFFICIENT_NAMES: tuple[str, ...] = COEFFICIENTS + ("ria",)
+RIA_COEFFICIENT = Coefficient.RIA.value
 
 FLT_MIN = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """One point of the meta-metric space, as four option indices.
+    """One point of the meta-metric space, as four option indices (plain ints, as recipes store them).
 
     Attributes:
-        cw: W-side coefficient, index into ``COEFFICIENT_NAMES`` (0..6, or 7 for RIA's).
-        uw: W-side transform, index into ``TRANSFORMS``.
-        cx: X-side coefficient, index into ``COEFFICIENTS``.
-        ux: X-side transform, index into ``TRANSFORMS`` (applied to sqrt X).
+        cw: W-side coefficient, a ``Coefficient`` value (index into ``COEFFICIENT_NAMES``: 0..6, or 7 for RIA's).
+        uw: W-side transform, a ``Transform`` value (index into ``TRANSFORMS``).
+        cx: X-side coefficient, a ``Coefficient`` value other than RIA (index into ``COEFFICIENTS``).
+        ux: X-side transform, a ``Transform`` value, applied to sqrt X.
+
+    ``w_coef``, ``w_transform``, ``x_coef`` and ``x_transform`` give the same choices as enums.
     """
 
     cw: int = 0
@@ -60,6 +75,23 @@ class MetricConfig:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
                 raise ValueError(f"MetricConfig.{name} must be an int in [0, {limit}), got {value!r}")
+            object.__setattr__(self, name, int(value))  # an enum member is stored as its plain index
+
+    @property
+    def w_coef(self) -> Coefficient:
+        return Coefficient(self.cw)
+
+    @property
+    def w_transform(self) -> Transform:
+        return Transform(self.uw)
+
+    @property
+    def x_coef(self) -> Coefficient:
+        return Coefficient(self.cx)
+
+    @property
+    def x_transform(self) -> Transform:
+        return Transform(self.ux)
 
     @property
     def spec(self) -> str:
@@ -72,7 +104,7 @@ class MetricConfig:
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.cw, self.uw, self.cx, self.ux)
 
-    def canonical(self) -> "MetricConfig":
+    def canonical(self) -> MetricConfig:
         """The simplest configuration that ranks the weights of every row exactly as this one does.
 
         Only exact algebra, zeros and dead channels included (see ``_POWER_CLASSES``):
@@ -83,21 +115,21 @@ class MetricConfig:
         - with no coefficient on W, powers on both sides (none, sqrt, square of |W| and of sqrt X, times 1/X
           or not) give ``|W|^p * sqrt(X)^r``, which ranks like any positive power of itself: only ``r / p``
           matters, and the smallest configuration with that ratio stands for all of them.
-        RIA's coefficient (7) is its own class. Near-coincidences that are not exact (1/(sum X + X_j) is
+        RIA's coefficient is its own class. Near-coincidences that are not exact (1/(sum X + X_j) is
         almost constant when no channel dominates) are left to the search's mask hashing.
         """
-        cw, uw, cx, ux = self.as_tuple()
-        if cw in (1, 4, 5, 6):
-            cw = 0
-        if cx in (1, 4, 5, 6):
-            cx = 0
-        uw = 3 if uw == 6 else uw
-        ux = 3 if ux == 6 else ux
+        cw, uw, cx, ux = self.w_coef, self.w_transform, self.x_coef, self.x_transform
+        if cw in ROW_CONSTANT:
+            cw = Coefficient.NONE
+        if cx in ROW_CONSTANT:
+            cx = Coefficient.NONE
+        uw = Transform.EXP if uw == Transform.SOFTMAX else uw
+        ux = Transform.EXP if ux == Transform.SOFTMAX else ux
         power = _POWER_CLASSES.get((cw, uw, cx, ux))
         return MetricConfig(*power) if power is not None else MetricConfig(cw, uw, cx, ux)
 
     @classmethod
-    def parse(cls, spec: "str | MetricConfig | tuple | list") -> "MetricConfig":
+    def parse(cls, spec: str | MetricConfig | tuple | list) -> MetricConfig:
         """Parse ``"w:row*sqrt,x:none*log"``, ``"1,1,0,4"`` or a 4-tuple of ints."""
         if isinstance(spec, MetricConfig):
             return spec
@@ -134,13 +166,13 @@ def _power_classes() -> dict[tuple[int, int, int, int], tuple[int, int, int, int
     0; X_j = 0 gives 0 because 1/0 is taken as 1 and sqrt(0)^q = 0), so the ranking is the same exactly."""
     from fractions import Fraction
 
-    power = {0: Fraction(1), 1: Fraction(1, 2), 2: Fraction(2)}
+    power = {Transform.NONE: Fraction(1), Transform.SQRT: Fraction(1, 2), Transform.SQUARE: Fraction(2)}
     members: dict[Fraction, list[tuple[int, int, int, int]]] = {}
-    for uw in power:
-        for cx in (0, 2):
-            for ux in power:
-                r = power[ux] - (2 if cx == 2 else 0)
-                members.setdefault(r / power[uw], []).append((0, uw, cx, ux))
+    for uw, p in power.items():
+        for cx in (Coefficient.NONE, Coefficient.COL):  # 1/X_j is sqrt(X_j)^-2
+            for ux, q in power.items():
+                r = q - (2 if cx == Coefficient.COL else 0)
+                members.setdefault(r / p, []).append((0, int(uw), int(cx), int(ux)))
     return {m: min(ms) for ms in members.values() for m in ms}
 
 
@@ -202,24 +234,25 @@ def w_stats(w: torch.Tensor, cfg: MetricConfig, *, is_abs: bool = False) -> WSta
     Only the reductions the configuration uses are computed; the others are empty tensors.
     ``is_abs``: ``w`` is already |W| in float32 (``meta_score`` has it), so no copy is made.
     """
-    needs_coef = cfg.cw != 0
-    needs_soft = cfg.uw in (3, 6)
+    cw = cfg.w_coef
+    needs_coef = cw != Coefficient.NONE
+    needs_soft = cfg.w_transform in NEEDS_ROW_MAX
     if not (needs_coef or needs_soft):
         return None
     a = w.detach() if is_abs else w.detach().abs().to(torch.float32)
     empty = a.new_empty(0)
     row_sum = col_sum = total = sq_sum = row_max = row_exp_sum = empty
-    if cfg.cw in (1, 3, 7):
+    if cw in NEEDS_ROW_SUM:
         row_sum = a.sum(dim=1, dtype=torch.float64).to(torch.float32)
-    if cfg.cw in (2, 3, 7):
+    if cw in NEEDS_COL_SUM:
         col_sum = a.sum(dim=0, dtype=torch.float64).to(torch.float32)
-    if cfg.cw in (4, 5):
+    if cw in NEEDS_TOTAL:
         total = a.sum(dtype=torch.float64).to(torch.float32)
-    if cfg.cw == 6:
+    if cw in NEEDS_SQ_SUM:
         sq_sum = a.square().sum(dtype=torch.float64).to(torch.float32)
     if needs_soft:
         row_max = a.amax(dim=1)
-        if cfg.uw == 6:
+        if cfg.w_transform == Transform.SOFTMAX:
             row_exp_sum = torch.exp(a - row_max[:, None]).sum(dim=1, dtype=torch.float64).to(torch.float32)
     return WStats(row_sum, col_sum, total, sq_sum, row_max, row_exp_sum)
 
@@ -227,41 +260,43 @@ def w_stats(w: torch.Tensor, cfg: MetricConfig, *, is_abs: bool = False) -> WSta
 def w_coef_operands(stats: WStats | None, cfg: MetricConfig, numel: int):
     """The W coefficient as (row_vec [out] | None, col_vec [in] | None, scalar float32 tensor | None, mode).
 
-    mode: 0 none; 1 multiply by row_vec; 2 by col_vec; 3 by 1/(row_sum_i + col_sum_j) (per element);
-    4 by scalar; 7 by (row_vec_i + col_vec_j) (RIA).
+    ``mode`` is the ``CoefMode`` (``COEF_MODE[cfg.w_coef]``): ROW multiplies by row_vec; COL by col_vec;
+    INV_ROW_PLUS_COL by 1/(row_sum_i + col_sum_j) (per element); SCALAR by the scalar; ROW_PLUS_COL by
+    (row_vec_i + col_vec_j) (RIA).
     """
-    cw = cfg.cw
-    if cw == 0:
-        return None, None, None, 0
-    if cw == 1:
-        return _recip(stats.row_sum), None, None, 1
-    if cw == 2:
-        return None, _recip(stats.col_sum), None, 2
-    if cw == 3:
-        return stats.row_sum, stats.col_sum, None, 3
-    if cw == 4:
-        return None, None, _recip(stats.total), 4
-    if cw == 5:
+    cw = cfg.w_coef
+    mode = COEF_MODE[cw]
+    if cw == Coefficient.NONE:
+        return None, None, None, mode
+    if cw == Coefficient.ROW:
+        return _recip(stats.row_sum), None, None, mode
+    if cw == Coefficient.COL:
+        return None, _recip(stats.col_sum), None, mode
+    if cw == Coefficient.ROWCOL:
+        return stats.row_sum, stats.col_sum, None, mode
+    if cw == Coefficient.TOTAL:
+        return None, None, _recip(stats.total), mode
+    if cw == Coefficient.MEAN:
         mean = (stats.total.to(torch.float64) / numel).to(torch.float32)
-        return None, None, _recip(mean), 4
-    if cw == 6:
-        return None, None, _recip(torch.sqrt(stats.sq_sum.to(torch.float64)).to(torch.float32)), 4
-    return _recip(stats.row_sum), _recip(stats.col_sum), None, 7
+        return None, None, _recip(mean), mode
+    if cw == Coefficient.FRO:
+        return None, None, _recip(torch.sqrt(stats.sq_sum.to(torch.float64)).to(torch.float32)), mode
+    return _recip(stats.row_sum), _recip(stats.col_sum), None, mode
 
 
-def _transform(a: torch.Tensor, u: int, row_max=None, row_exp_sum=None) -> torch.Tensor:
+def _transform(a: torch.Tensor, u: Transform, row_max=None, row_exp_sum=None) -> torch.Tensor:
     """U(a) for a float32 tensor ``a >= 0``; ``row_max``/``row_exp_sum`` broadcast against ``a``."""
-    if u == 0:
+    if u == Transform.NONE:
         return a
-    if u == 1:
+    if u == Transform.SQRT:
         return torch.sqrt(a)
-    if u == 2:
+    if u == Transform.SQUARE:
         return a * a
-    if u == 3:
+    if u == Transform.EXP:
         return torch.exp(a - row_max)
-    if u == 4:
+    if u == Transform.LOG:
         return torch.log(torch.clamp_min(a, FLT_MIN))
-    if u == 5:
+    if u == Transform.SIGMOID:
         return torch.sigmoid(a)
     return torch.exp(a - row_max) / row_exp_sum
 
@@ -275,23 +310,23 @@ def x_part(x_sq: torch.Tensor, cfg: MetricConfig) -> torch.Tensor:
     x = x_sq.detach().to(torch.float32)
     s = torch.sqrt(x)
     row_max = row_exp_sum = None
-    if cfg.ux in (3, 6):
+    if cfg.x_transform in NEEDS_ROW_MAX:
         row_max = s.amax()
         row_exp_sum = torch.exp(s - row_max).sum(dtype=torch.float64).to(torch.float32)
-    u = _transform(s, cfg.ux, row_max, row_exp_sum)
-    cx = cfg.cx
-    if cx == 0:
+    u = _transform(s, cfg.x_transform, row_max, row_exp_sum)
+    cx = cfg.x_coef
+    if cx == Coefficient.NONE:
         return u
-    if cx in (1, 4):  # the vector's row sum is its total
+    if cx in (Coefficient.ROW, Coefficient.TOTAL):  # the vector's row sum is its total
         c = _recip(x.sum(dtype=torch.float64).to(torch.float32))
-    elif cx == 2:  # column sum of channel j is X_j
+    elif cx == Coefficient.COL:  # column sum of channel j is X_j
         c = _recip(x)
-    elif cx == 3:
+    elif cx == Coefficient.ROWCOL:
         total = x.sum(dtype=torch.float64).to(torch.float32)
         return (1.0 / _safe_den(total + x)) * u
-    elif cx == 5:
+    elif cx == Coefficient.MEAN:
         c = _recip((x.sum(dtype=torch.float64) / x.numel()).to(torch.float32))
-    else:
+    else:  # Coefficient.FRO
         c = _recip(torch.sqrt(x.to(torch.float64).square().sum()).to(torch.float32))
     return c * u
 
@@ -331,20 +366,20 @@ def meta_score(
         a = w.abs().to(torch.float32)
     stats = w_stats(a, cfg, is_abs=True)
     row_max = row_exp_sum = None
-    if cfg.uw in (3, 6):
+    if cfg.w_transform in NEEDS_ROW_MAX:
         row_max = stats.row_max[:, None]
-        row_exp_sum = stats.row_exp_sum[:, None] if cfg.uw == 6 else None
+        row_exp_sum = stats.row_exp_sum[:, None] if cfg.w_transform == Transform.SOFTMAX else None
     # Every intermediate below is our own tensor, so products are taken in place (x * y == y * x exactly).
-    u = _transform(a, cfg.uw, row_max, row_exp_sum)
+    u = _transform(a, cfg.w_transform, row_max, row_exp_sum)
     rv, cv, sc, mode = w_coef_operands(stats, cfg, a.numel())
-    if mode == 1:
+    if mode == CoefMode.ROW:
         u.mul_(rv[:, None])
-    elif mode == 2:
+    elif mode == CoefMode.COL:
         u.mul_(cv[None, :])
-    elif mode == 3:
+    elif mode == CoefMode.INV_ROW_PLUS_COL:
         u.mul_(1.0 / _safe_den(rv[:, None] + cv[None, :]))
-    elif mode == 4:
+    elif mode == CoefMode.SCALAR:
         u.mul_(sc)
-    elif mode == 7:
+    elif mode == CoefMode.ROW_PLUS_COL:
         u.mul_(rv[:, None] + cv[None, :])
     return u.mul_(xp[None, :])

@@ -1,4 +1,4 @@
-"""fused prune: meta-metric score + per-row selection + pruned weight / bit-packed mask, in one pass.
+"""fused prune: the public dispatcher of the prune ops (validation, operands, backend choice).
 
 Contract (both backends):
     w: [out, in] float32 | bfloat16 | float16, finite.
@@ -9,12 +9,11 @@ Contract (both backends):
     Tie rule: ascending (score, column), see ``select``.
     Outputs: the pruned weight (same dtype) and/or the pruned mask bit-packed as uint8 [out, ceil(in/8)].
 
-Rows of up to 4,096 columns are held whole in registers (several rows per program, the column operands
-read once per program); the k-th smallest score is found by a 32-pass binary radix select on the
-order-preserving uint32 image of the float bits, ties at the threshold resolved by a prefix count.
-Longer rows (11008, 14336, 28672 columns) take a chunked kernel: four 8-bit-digit histogram passes and
-one writing pass over the row, which stays in L1/L2. Scores never touch global memory. Whole-matrix
-coefficients (column sums, totals) come from one pre-pass. With ``inplace=True`` only zeros are written.
+The torch twin is ``meta_score`` + ``select``. The Triton kernels, one op family per module:
+``prune_row`` (rows of up to 4,096 columns), ``prune_long_row`` (longer rows), ``prune_nm`` (N:M),
+``prune_population`` (P members in one launch), ``w_stats`` (the whole-matrix pre-pass), with their
+shared device helpers in ``prune_common`` and their launch settings in ``launch``. Scores never touch
+global memory. With ``inplace=True`` only zeros are written.
 """
 
 from __future__ import annotations
@@ -25,18 +24,15 @@ from typing import NamedTuple
 import torch
 
 from . import backend
-from .metric import FLT_MIN, MetricConfig, WStats, all_finite, meta_score, w_coef_operands, x_part
+from .launch import LONG_ROW, MAX_M
+from .metric import FLT_MIN, MetricConfig, _recip, all_finite, meta_score, w_coef_operands, x_part
+from .prune_long_row import long_row_prune_triton
+from .prune_nm import nm_prune_triton
+from .prune_population import population_triton
+from .prune_row import row_prune_triton
 from .select import nm_mask, pack_mask, row_topk_mask
+from .w_stats import w_stats_triton
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised by the no-triton import test
-    triton = None
-
-LONG_ROW = 4096  # rows longer than this take the chunked multi-pass kernel
-LONG_CHUNK = 2048  # its chunk: 4096 spilled 20 bytes on sm_90 with the softmax + rowcol mix (bench/RESULTS.md)
-MAX_M = 32
 _W_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -45,381 +41,12 @@ class PruneOutput(NamedTuple):
     packed_mask: torch.Tensor | None
 
 
-if triton is not None:
-
-    @triton.jit
-    def _w_part(a, rv, cvec, sc, rmax, rexp, COEF: tl.constexpr, UW: tl.constexpr):
-        """C_w * U_w for a tile ``a = |W|`` (float32) of one row, in the twin's order of operations.
-
-        ``rv``: the row's coefficient operand; ``cvec``: the column operand tile; ``sc``: the scalar one;
-        ``rmax``/``rexp``: the row's max and softmax sum. Only the operands COEF/UW use are read.
-        """
-        if UW == 0:
-            u = a
-        elif UW == 1:
-            u = tl.sqrt_rn(a)
-        elif UW == 2:
-            u = a * a
-        elif UW == 3:
-            u = tl.exp(a - rmax)
-        elif UW == 4:
-            u = tl.log(tl.maximum(a, 1.1754943508222875e-38))
-        elif UW == 5:
-            u = tl.sigmoid(a)
-        else:
-            u = tl.math.div_rn(tl.exp(a - rmax), rexp)
-        if COEF == 0:
-            wp = u
-        elif COEF == 1:
-            wp = rv * u
-        elif COEF == 2:
-            wp = cvec * u
-        elif COEF == 3:
-            den = rv + cvec
-            den = tl.where(den > 0, den, 1.0)
-            wp = tl.math.div_rn(tl.full(den.shape, 1.0, tl.float32), den) * u
-        elif COEF == 4:
-            wp = sc * u
-        else:
-            wp = (rv + cvec) * u
-        return wp
-
-    @triton.jit
-    def _w_part_dyn(a, rsum, rrec, csum, crec, sc, rmax, rexp, mode, uw):
-        """``_w_part`` with the operator choice read at run time (population launches): every candidate is
-        computed and one is picked with ``where``, so the chosen value is bit-identical to ``_w_part``."""
-        e = tl.exp(a - rmax)
-        u = tl.where(uw == 0, a, tl.where(uw == 1, tl.sqrt_rn(a), tl.where(uw == 2, a * a, tl.where(
-            uw == 3, e, tl.where(uw == 4, tl.log(tl.maximum(a, 1.1754943508222875e-38)), tl.where(
-                uw == 5, tl.sigmoid(a), tl.math.div_rn(e, rexp)))))))  # fmt: skip
-        den = rsum + csum
-        den = tl.where(den > 0, den, 1.0)
-        inv = tl.math.div_rn(tl.full(den.shape, 1.0, tl.float32), den)
-        return tl.where(mode == 0, u, tl.where(mode == 1, rrec * u, tl.where(mode == 2, crec * u, tl.where(
-            mode == 3, inv * u, tl.where(mode == 4, sc * u, (rrec + crec) * u)))))  # fmt: skip
-
-    @triton.jit
-    def _order_key(s):
-        """Order-preserving uint32 image of float32 scores, with -0.0 folded onto +0.0."""
-        s = tl.where(s == 0.0, 0.0, s)
-        bits = s.to(tl.int32, bitcast=True)
-        ubits = s.to(tl.uint32, bitcast=True)
-        return tl.where(bits < 0, ubits ^ 0xFFFFFFFF, ubits | 0x80000000)
-
-    @triton.jit
-    def _select_row(key, valid, k):
-        """Pruned positions of one row: the k smallest (key, column), by a 32-pass binary radix select.
-
-        The largest T with #(valid, key < T) <= k - 1 is the k-th smallest key; ties at T go to the lowest
-        columns, counted by a prefix sum. All passes run over the on-chip tile.
-        """
-        thr = tl.full((), 0, tl.uint32)
-        for i in tl.static_range(32):
-            cand = thr | tl.full((), 1 << (31 - i), tl.uint32)
-            cnt = tl.sum((valid & (key < cand)).to(tl.int32), axis=0)
-            thr = tl.where(cnt <= k - 1, cand, thr)
-        lt = valid & (key < thr)
-        eq = valid & (key == thr)
-        need = k - tl.sum(lt.to(tl.int32), axis=0)
-        return lt | (eq & (tl.cumsum(eq.to(tl.int32), axis=0) <= need))
-
-    @triton.jit
-    def _store_packed(pruned, ptr, n_cols, live, BLOCK: tl.constexpr):
-        """Bit-pack a row mask (column j -> bit j % 8 of byte j // 8) and store it."""
-        bits = tl.reshape(pruned.to(tl.int32), (BLOCK // 8, 8))
-        byte = tl.sum(bits << tl.arange(0, 8)[None, :], axis=1)
-        bidx = tl.arange(0, BLOCK // 8)
-        tl.store(ptr + bidx, byte.to(tl.uint8), mask=(bidx < (n_cols + 7) // 8) & live)
-
-    @triton.jit
-    def _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF: tl.constexpr):
-        """The operands shared by every row: X part, column coefficient tile, scalar coefficient."""
-        xp = tl.load(xp_ptr + cols, mask=cmask, other=0.0)
-        cvec = xp
-        if COEF == 2 or COEF == 3 or COEF == 7:
-            cvec = tl.load(cv_ptr + cols, mask=cmask, other=1.0)
-        sc = 1.0
-        if COEF == 4:
-            sc = tl.load(sc_ptr)
-        return xp, cvec, sc
-
-    @triton.jit
-    def _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF: tl.constexpr, UW: tl.constexpr):
-        """One row's operands: its coefficient, and its max / softmax sum for exp and softmax."""
-        rv = 1.0
-        if COEF == 1 or COEF == 3 or COEF == 7:
-            rv = tl.load(rv_ptr + row, mask=live, other=1.0)
-        rmax = 0.0
-        if UW == 3 or UW == 6:
-            rmax = tl.load(rmax_ptr + row, mask=live, other=0.0)
-        rexp = 1.0
-        if UW == 6:
-            rexp = tl.load(rexp_ptr + row, mask=live, other=1.0)
-        return rv, rmax, rexp
-
-    @triton.jit
-    def _row_prune_kernel(
-        w_ptr, xp_ptr, out_ptr, packed_ptr,
-        rv_ptr, cv_ptr, sc_ptr, rmax_ptr, rexp_ptr,
-        n_rows, n_cols, k, stride_w, stride_o, stride_p,
-        BLOCK: tl.constexpr, ROWS: tl.constexpr, COEF: tl.constexpr, UW: tl.constexpr,
-        WRITE_W: tl.constexpr, WRITE_MASK: tl.constexpr,
-    ):  # fmt: skip
-        # One program: ROWS rows, one at a time, each wholly on chip. The column operands (X part, column
-        # coefficients) are read once per program and reused by every row: per weight, W is read once.
-        cols = tl.arange(0, BLOCK)
-        cmask = cols < n_cols
-        xp, cvec, sc = _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF)
-        for r in range(ROWS):
-            row = (tl.program_id(0) * ROWS + r).to(tl.int64)  # int64 before multiplying by strides
-            live = row < n_rows
-            m = cmask & live
-            rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF, UW)
-            a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=m, other=0.0).to(tl.float32))
-            s = _w_part(a, rv, cvec, sc, rmax, rexp, COEF, UW) * xp
-            pruned = _select_row(_order_key(s), m, k)
-            if WRITE_W:
-                # out holds W already (in place, or the launcher's copy): only zeros are written, so W
-                # need not stay in registers through the select.
-                tl.store(out_ptr + row * stride_o + cols, tl.zeros_like(a).to(out_ptr.dtype.element_ty),
-                         mask=m & pruned)  # fmt: skip
-            if WRITE_MASK:
-                _store_packed(pruned, packed_ptr + row * stride_p, n_cols, live, BLOCK)
-
-    @triton.jit
-    def _long_row_score(w_ptr, xp_ptr, cv_ptr, row, stride_w, c0, n_cols, rv, sc, rmax, rexp,
-                        CHUNK: tl.constexpr, COEF: tl.constexpr, UW: tl.constexpr):  # fmt: skip
-        cols = c0 + tl.arange(0, CHUNK)
-        cmask = cols < n_cols
-        a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=cmask, other=0.0).to(tl.float32))
-        xp = tl.load(xp_ptr + cols, mask=cmask, other=0.0)
-        cvec = xp
-        if COEF == 2 or COEF == 3 or COEF == 7:
-            cvec = tl.load(cv_ptr + cols, mask=cmask, other=1.0)
-        return _order_key(_w_part(a, rv, cvec, sc, rmax, rexp, COEF, UW) * xp), cols, cmask
-
-    @triton.jit
-    def _long_row_prune_kernel(
-        w_ptr, xp_ptr, out_ptr, packed_ptr,
-        rv_ptr, cv_ptr, sc_ptr, rmax_ptr, rexp_ptr,
-        n_cols, k, stride_w, stride_o, stride_p,
-        CHUNK: tl.constexpr, COEF: tl.constexpr, UW: tl.constexpr,
-        WRITE_W: tl.constexpr, WRITE_MASK: tl.constexpr,
-    ):  # fmt: skip
-        # Rows longer than one register tile (11008, 14336, 28672 columns): one program per row walks it in
-        # CHUNK-column pieces. Radix select with 8-bit digits: four histogram passes fix the k-th smallest
-        # key digit by digit, counting the keys below it on the way; a fifth pass writes, resolving ties
-        # at the threshold by a running prefix count. The row (22-56 KiB) stays in L1/L2 between passes,
-        # so DRAM sees it once; scores are recomputed per pass and never stored.
-        row = tl.program_id(0).to(tl.int64)
-        rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, True, COEF, UW)
-        sc = 1.0
-        if COEF == 4:
-            sc = tl.load(sc_ptr)
-        prefix = tl.full((), 0, tl.uint32)
-        n_below = tl.full((), 0, tl.int32)  # keys known to be < the threshold
-        rank = k - 1  # 0-based rank of the threshold among keys still matching the prefix
-        bins = tl.arange(0, 256)
-        for d in tl.static_range(4):
-            shift = 24 - 8 * d
-            hist = tl.zeros((256,), dtype=tl.int32)
-            for c0 in range(0, n_cols, CHUNK):
-                key, cols, cmask = _long_row_score(w_ptr, xp_ptr, cv_ptr, row, stride_w, c0, n_cols, rv, sc, rmax,
-                                                   rexp, CHUNK, COEF, UW)  # fmt: skip
-                if d == 0:
-                    match = cmask
-                else:
-                    match = cmask & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
-                digit = ((key >> shift) & 0xFF).to(tl.int32)
-                hist += tl.histogram(digit, 256, mask=match)
-            cum = tl.cumsum(hist, axis=0)
-            bucket = tl.sum((cum <= rank).to(tl.int32), axis=0)  # first bin whose cumulative count > rank
-            below = tl.sum(tl.where(bins < bucket, hist, 0), axis=0)
-            n_below += below
-            rank -= below
-            prefix = prefix | (bucket.to(tl.uint32) << shift)
-        need = k - n_below  # how many keys equal to the threshold are pruned (lowest columns first)
-        seen = tl.full((), 0, tl.int32)
-        for c0 in range(0, n_cols, CHUNK):
-            key, cols, cmask = _long_row_score(w_ptr, xp_ptr, cv_ptr, row, stride_w, c0, n_cols, rv, sc, rmax, rexp,
-                                               CHUNK, COEF, UW)  # fmt: skip
-            eq = cmask & (key == prefix)
-            ceq = tl.cumsum(eq.to(tl.int32), axis=0) + seen
-            pruned = (cmask & (key < prefix)) | (eq & (ceq <= need))
-            seen += tl.sum(eq.to(tl.int32), axis=0)
-            if WRITE_W:
-                tl.store(out_ptr + row * stride_o + cols, tl.zeros((CHUNK,), tl.float32).to(out_ptr.dtype.element_ty),
-                         mask=pruned)  # fmt: skip
-            if WRITE_MASK:
-                _store_packed(pruned, packed_ptr + row * stride_p + c0 // 8, n_cols - c0, True, CHUNK)
-
-    @triton.jit
-    def _nm_prune_kernel(
-        w_ptr, xp_ptr, out_ptr, packed_ptr,
-        rv_ptr, cv_ptr, sc_ptr, rmax_ptr, rexp_ptr,
-        n_rows, n_cols, stride_w, stride_o, stride_p,
-        N_PRUNE: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BLOCK_G: tl.constexpr, ROWS: tl.constexpr,
-        COEF: tl.constexpr, UW: tl.constexpr, WRITE_W: tl.constexpr, WRITE_MASK: tl.constexpr,
-    ):  # fmt: skip
-        # Program (row block, group block): BLOCK_G groups of M columns (M padded to the power of two MP)
-        # for ROWS rows; the column operands are read once per program.
-        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
-        j = tl.arange(0, MP)
-        cols = g[:, None] * M + j[None, :]
-        cmask = (j < M)[None, :] & (cols < n_cols)
-        xp, cvec, sc = _col_operands(xp_ptr, cv_ptr, sc_ptr, cols, cmask, COEF)
-        before_j = j[None, None, :] < j[None, :, None]
-        for r in range(ROWS):
-            row = (tl.program_id(0) * ROWS + r).to(tl.int64)
-            live = row < n_rows
-            m = cmask & live
-            rv, rmax, rexp = _row_operands(rv_ptr, rmax_ptr, rexp_ptr, row, live, COEF, UW)
-            a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=m, other=0.0).to(tl.float32))
-            s = _w_part(a, rv, cvec, sc, rmax, rexp, COEF, UW) * xp
-            key = tl.where(cmask, _order_key(s), tl.full(s.shape, 0xFFFFFFFF, tl.uint32))
-            # rank of j in its group = #(l: key_l < key_j, or key_l == key_j and l < j); padding ranks last.
-            kj = key[:, :, None]
-            kl = key[:, None, :]
-            rank = tl.sum(((kl < kj) | ((kl == kj) & before_j)).to(tl.int32), axis=2)
-            pruned = m & (rank < N_PRUNE)
-            if WRITE_W:
-                tl.store(out_ptr + row * stride_o + cols, tl.zeros_like(a).to(out_ptr.dtype.element_ty),
-                         mask=pruned)  # fmt: skip
-            if WRITE_MASK:
-                # Groups of M straddle bytes when 8 % M != 0: OR the bits into int32 words atomically.
-                bit = pruned.to(tl.int32) << (cols % 32).to(tl.int32)
-                tl.atomic_or(packed_ptr + row * stride_p + (cols // 32).to(tl.int64), bit, mask=pruned)
-
-    @triton.jit
-    def _population_kernel(
-        w_ptr, xp_ptr, mode_ptr, uw_ptr, k_ptr, sc_ptr, packed_ptr,
-        rsum_ptr, rrec_ptr, csum_ptr, crec_ptr, rmax_ptr, rexp_ptr,
-        n_rows, n_cols, n_members, stride_w, stride_xp, stride_pm, stride_pr,
-        BLOCK: tl.constexpr, ROWS: tl.constexpr,
-    ):  # fmt: skip
-        # P members (metric, sparsity) over the same W: each row of W is read once and scored and selected
-        # P times on chip; P bit-packed masks are written. Operators are chosen at run time (_w_part_dyn).
-        cols = tl.arange(0, BLOCK)
-        cmask = cols < n_cols
-        for r in range(ROWS):
-            row = (tl.program_id(0) * ROWS + r).to(tl.int64)
-            live = row < n_rows
-            m = cmask & live
-            a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=m, other=0.0).to(tl.float32))
-            rsum = tl.load(rsum_ptr + row, mask=live, other=1.0)
-            rrec = tl.load(rrec_ptr + row, mask=live, other=1.0)
-            rmax = tl.load(rmax_ptr + row, mask=live, other=0.0)
-            rexp = tl.load(rexp_ptr + row, mask=live, other=1.0)
-            for p in range(n_members):
-                # Column operands are re-read per member rather than held: holding them spills registers.
-                csum = tl.load(csum_ptr + cols, mask=cmask, other=1.0)
-                crec = tl.load(crec_ptr + cols, mask=cmask, other=1.0)
-                xp = tl.load(xp_ptr + p * stride_xp + cols, mask=cmask, other=0.0)
-                wp = _w_part_dyn(a, rsum, rrec, csum, crec, tl.load(sc_ptr + p), rmax, rexp,
-                                 tl.load(mode_ptr + p), tl.load(uw_ptr + p))  # fmt: skip
-                pruned = _select_row(_order_key(wp * xp), m, tl.load(k_ptr + p))
-                _store_packed(pruned, packed_ptr + p * stride_pm + row * stride_pr, n_cols, live, BLOCK)
-
-    @triton.jit
-    def _row_stats_kernel(
-        w_ptr, rsum_ptr, rsq_ptr, rmax_ptr, rexp_ptr, n_cols, stride_w,
-        BLOCK: tl.constexpr, NEED_EXP: tl.constexpr,
-    ):  # fmt: skip
-        # Per row: sum |W| and sum W^2 (float64), max |W|, and sum exp(|W| - max) for softmax, in BLOCK chunks.
-        row = tl.program_id(0).to(tl.int64)
-        s1 = tl.zeros((BLOCK,), dtype=tl.float64)
-        s2 = tl.zeros((BLOCK,), dtype=tl.float64)
-        mx = tl.zeros((BLOCK,), dtype=tl.float32)  # |W| >= 0, so 0 is a neutral start
-        for c0 in range(0, n_cols, BLOCK):
-            cols = c0 + tl.arange(0, BLOCK)
-            a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=cols < n_cols, other=0.0).to(tl.float32))
-            a64 = a.to(tl.float64)
-            s1 += a64
-            s2 += a64 * a64
-            mx = tl.maximum(mx, a)
-        tl.store(rsum_ptr + row, tl.sum(s1, axis=0))
-        tl.store(rsq_ptr + row, tl.sum(s2, axis=0))
-        rmax = tl.max(mx, axis=0)
-        tl.store(rmax_ptr + row, rmax)
-        if NEED_EXP:
-            se = tl.zeros((BLOCK,), dtype=tl.float64)
-            for c0 in range(0, n_cols, BLOCK):
-                cols = c0 + tl.arange(0, BLOCK)
-                cmask = cols < n_cols
-                a = tl.abs(tl.load(w_ptr + row * stride_w + cols, mask=cmask, other=0.0).to(tl.float32))
-                se += tl.where(cmask, tl.exp(a - rmax), 0.0).to(tl.float64)
-            tl.store(rexp_ptr + row, tl.sum(se, axis=0).to(tl.float32))
-
-    @triton.jit
-    def _col_sum_kernel(w_ptr, csum_ptr, n_rows, n_cols, stride_w, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < n_cols
-        acc = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        for r0 in range(0, n_rows, BLOCK_R):
-            rows = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-            m = (rows < n_rows)[:, None] & cmask[None, :]
-            a = tl.abs(tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=m, other=0.0).to(tl.float32))
-            acc += tl.sum(a.to(tl.float64), axis=0)
-        tl.store(csum_ptr + cols, acc.to(tl.float32), mask=cmask)
-
-
-def _warps(block: int) -> int:
-    return max(4, min(32, block // 512))
-
-
-def _rows_per_program(block: int, rows: int) -> int:
-    # Enough rows per program that the column operands (read once per program) cost <= 1/16 of W's bytes,
-    # but no more than there are rows (rows past the end would still run the select).
-    return min(32, rows)
-
-
-def w_stats_triton(w: torch.Tensor, cfg: MetricConfig | None) -> WStats | None:
-    """Pre-pass (Triton): the whole-matrix reductions of ``metric.w_stats``, same rounding (float64 -> float32).
-
-    ``cfg=None`` computes every reduction (for population launches).
-    """
-    everything = cfg is None
-    cw = -1 if everything else cfg.cw
-    uw = -1 if everything else cfg.uw
-    needs_soft = everything or uw in (3, 6)
-    if not everything and cw == 0 and not needs_soft:
-        return None
-    rows, cols = w.shape
-    dev = w.device
-    rsum = torch.empty(rows, dtype=torch.float64, device=dev)
-    rsq = torch.empty(rows, dtype=torch.float64, device=dev)
-    rmax = torch.empty(rows, dtype=torch.float32, device=dev)
-    rexp = torch.empty(rows, dtype=torch.float32, device=dev)
-    block = min(LONG_ROW, triton.next_power_of_2(cols))
-    _row_stats_kernel[(rows,)](
-        w_ptr=w, rsum_ptr=rsum, rsq_ptr=rsq, rmax_ptr=rmax, rexp_ptr=rexp, n_cols=cols, stride_w=w.stride(0),
-        BLOCK=block, NEED_EXP=everything or uw == 6, num_warps=_warps(block),
-    )  # fmt: skip
-    empty = torch.empty(0, dtype=torch.float32, device=dev)
-    col_sum = empty
-    if everything or cw in (2, 3, 7):
-        col_sum = torch.empty(cols, dtype=torch.float32, device=dev)
-        block_c = min(128, triton.next_power_of_2(cols))
-        _col_sum_kernel[(triton.cdiv(cols, block_c),)](
-            w_ptr=w, csum_ptr=col_sum, n_rows=rows, n_cols=cols, stride_w=w.stride(0),
-            BLOCK_R=min(64, triton.next_power_of_2(rows)), BLOCK_C=block_c,
-        )  # fmt: skip
-    return WStats(
-        row_sum=rsum.to(torch.float32) if everything or cw in (1, 3, 7) else empty,
-        col_sum=col_sum,
-        total=rsum.sum().to(torch.float32) if everything or cw in (4, 5) else empty,
-        sq_sum=rsq.sum().to(torch.float32) if everything or cw == 6 else empty,
-        row_max=rmax if needs_soft else empty,
-        row_exp_sum=rexp if everything or uw == 6 else empty,
-    )
-
-
 def _validate(w, x_sq, sparsity, nm, want_weight, want_mask):
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError(f"w must be a 2-D tensor [out, in], got {getattr(w, 'shape', type(w))}")
     if w.dtype not in _W_DTYPES:
         raise ValueError(f"w must be float32, bfloat16 or float16, got {w.dtype}")
-    rows, cols = w.shape
+    cols = w.shape[1]
     if x_sq.dim() != 1 or x_sq.shape[0] != cols:
         raise ValueError(f"x_sq must have shape [{cols}] (the input channels of w), got {tuple(x_sq.shape)}")
     if not all_finite(x_sq):
@@ -481,18 +108,18 @@ def _operands(w, cfg, stats):
     rv, cv, sc, mode = w_coef_operands(stats, cfg, w.numel())
     dummy = torch.empty(1, dtype=torch.float32, device=w.device)
     has = stats is not None
-    return dict(
-        rv_ptr=rv if rv is not None else dummy,
-        cv_ptr=cv if cv is not None else dummy,
-        sc_ptr=sc.reshape(1) if sc is not None else dummy,
-        rmax_ptr=stats.row_max if has and stats.row_max.numel() else dummy,
-        rexp_ptr=stats.row_exp_sum if has and stats.row_exp_sum.numel() else dummy,
-    ), mode
+    return {
+        "rv_ptr": rv if rv is not None else dummy,
+        "cv_ptr": cv if cv is not None else dummy,
+        "sc_ptr": sc.reshape(1) if sc is not None else dummy,
+        "rmax_ptr": stats.row_max if has and stats.row_max.numel() else dummy,
+        "rexp_ptr": stats.row_exp_sum if has and stats.row_exp_sum.numel() else dummy,
+    }, mode
 
 
 def fused_prune_triton(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
                        inplace=False):
-    """Triton launcher of ``fused_prune``."""
+    """Triton launcher of ``fused_prune``: one op family per shape (row, long row, N:M)."""
     cfg = MetricConfig.parse(metric)
     k = _validate(w, x_sq, sparsity, nm, write_weight, write_mask)
     rows, cols = w.shape
@@ -505,41 +132,13 @@ def fused_prune_triton(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=
     dummy = torch.empty(1, dtype=torch.float32, device=w.device)
     # The kernels write only the zeros: out starts as W (itself when in place).
     out = (w if inplace else w.clone()) if write_weight else dummy
-    nbytes = (cols + 7) // 8
-    if nm is None and cols > LONG_ROW:
-        packed = torch.empty(rows, nbytes, dtype=torch.uint8, device=w.device) if write_mask else dummy
-        _long_row_prune_kernel[(rows,)](
-            w_ptr=w, xp_ptr=xp, out_ptr=out, packed_ptr=packed, **ops,
-            n_cols=cols, k=k, stride_w=w.stride(0), stride_o=out.stride(0) if write_weight else 0,
-            stride_p=packed.stride(0) if write_mask else 0,
-            CHUNK=LONG_CHUNK, COEF=mode, UW=cfg.uw, WRITE_W=write_weight, WRITE_MASK=write_mask, num_warps=8,
-        )  # fmt: skip
-    elif nm is None:
-        block = max(8, triton.next_power_of_2(cols))
-        n_rows_prog = _rows_per_program(block, rows)
-        packed = torch.empty(rows, nbytes, dtype=torch.uint8, device=w.device) if write_mask else dummy
-        _row_prune_kernel[(triton.cdiv(rows, n_rows_prog),)](
-            w_ptr=w, xp_ptr=xp, out_ptr=out, packed_ptr=packed, **ops,
-            n_rows=rows, n_cols=cols, k=k, stride_w=w.stride(0), stride_o=out.stride(0) if write_weight else 0,
-            stride_p=packed.stride(0) if write_mask else 0,
-            BLOCK=block, ROWS=n_rows_prog, COEF=mode, UW=cfg.uw, WRITE_W=write_weight, WRITE_MASK=write_mask,
-            num_warps=_warps(block),
-        )  # fmt: skip
+    choice = {"coef_mode": mode, "w_transform": cfg.w_transform, "write_w": write_weight, "write_mask": write_mask}
+    if nm is None:
+        packed = torch.empty(rows, (cols + 7) // 8, dtype=torch.uint8, device=w.device) if write_mask else dummy
+        launcher = long_row_prune_triton if cols > LONG_ROW else row_prune_triton
+        launcher(w, xp, ops, out, packed, k, **choice)
     else:
-        n, m = nm
-        mp = triton.next_power_of_2(m)
-        block_g = max(1, min(triton.next_power_of_2(cols // m), 4096 // (mp * mp) or 1))
-        n_rows_prog = min(16, rows)
-        words = torch.zeros(rows, (cols + 31) // 32, dtype=torch.int32, device=w.device) if write_mask else dummy
-        _nm_prune_kernel[(triton.cdiv(rows, n_rows_prog), triton.cdiv(cols // m, block_g))](
-            w_ptr=w, xp_ptr=xp, out_ptr=out, packed_ptr=words, **ops,
-            n_rows=rows, n_cols=cols, stride_w=w.stride(0), stride_o=out.stride(0) if write_weight else 0,
-            stride_p=words.stride(0) if write_mask else 0,
-            N_PRUNE=m - n, M=m, MP=mp, BLOCK_G=block_g, ROWS=n_rows_prog, COEF=mode, UW=cfg.uw,
-            WRITE_W=write_weight, WRITE_MASK=write_mask,
-        )  # fmt: skip
-        # Little-endian int32 words are exactly the packed bytes, in order.
-        packed = words.view(torch.uint8)[:, :nbytes].contiguous() if write_mask else None
+        packed = nm_prune_triton(w, xp, ops, out, nm[0], nm[1], **choice)
     if write_weight and inplace and out is not target:
         target.copy_(out)  # a non-contiguous view (GPT-2's Conv1D weight.t()) was pruned through a copy
         out = target
@@ -606,9 +205,8 @@ def population_prune_torch(w, x_sq, configs, sparsities):
 def population_prune_triton(w, x_sq, configs, sparsities):
     """Triton launcher of ``population_prune``: one launch for all members."""
     configs, sparsities = _population_members(configs, sparsities)
-    rows, cols = w.shape
     ks = [_validate(w, x_sq, s, None, False, True) for s in sparsities]
-    if cols > LONG_ROW:  # one row no longer fits the registers: one chunked launch per member
+    if w.shape[1] > LONG_ROW:  # one row no longer fits the registers: one chunked launch per member
         return torch.stack([fused_prune_triton(w, x_sq, c, sparsity=s, write_weight=False, write_mask=True).packed_mask
                             for c, s in zip(configs, sparsities)])  # fmt: skip
     w = w if w.stride(1) == 1 else w.contiguous()
@@ -618,26 +216,15 @@ def population_prune_triton(w, x_sq, configs, sparsities):
     modes, scs = [], []
     for c in configs:
         _, _, sc, mode = w_coef_operands(stats, c, w.numel())
-        modes.append(mode)
+        modes.append(int(mode))
         scs.append(sc.reshape(()) if sc is not None else torch.ones((), device=dev))
-    from .metric import _recip
-
-    block = max(8, triton.next_power_of_2(cols))
-    n_rows_prog = _rows_per_program(block, rows)
-    packed = torch.empty(len(configs), rows, (cols + 7) // 8, dtype=torch.uint8, device=dev)
-    _population_kernel[(triton.cdiv(rows, n_rows_prog),)](
-        w_ptr=w, xp_ptr=xp,
-        mode_ptr=torch.tensor(modes, dtype=torch.int32, device=dev),
-        uw_ptr=torch.tensor([c.uw for c in configs], dtype=torch.int32, device=dev),
-        k_ptr=torch.tensor(ks, dtype=torch.int32, device=dev),
-        sc_ptr=torch.stack(scs).to(torch.float32).contiguous(), packed_ptr=packed,
-        rsum_ptr=stats.row_sum, rrec_ptr=_recip(stats.row_sum), csum_ptr=stats.col_sum, crec_ptr=_recip(stats.col_sum),
-        rmax_ptr=stats.row_max, rexp_ptr=stats.row_exp_sum,
-        n_rows=rows, n_cols=cols, n_members=len(configs), stride_w=w.stride(0), stride_xp=xp.stride(0),
-        stride_pm=packed.stride(0), stride_pr=packed.stride(1), BLOCK=block, ROWS=n_rows_prog,
-        num_warps=_warps(block),
+    return population_triton(
+        w, xp, modes=torch.tensor(modes, dtype=torch.int32, device=dev),
+        transforms=torch.tensor([c.uw for c in configs], dtype=torch.int32, device=dev),
+        ks=torch.tensor(ks, dtype=torch.int32, device=dev), scalars=torch.stack(scs).to(torch.float32).contiguous(),
+        row_sum=stats.row_sum, row_rec=_recip(stats.row_sum), col_sum=stats.col_sum, col_rec=_recip(stats.col_sum),
+        row_max=stats.row_max, row_exp_sum=stats.row_exp_sum,
     )  # fmt: skip
-    return packed
 
 
 def population_prune(w, x_sq, configs, sparsities, *, backend_name: str | None = None) -> torch.Tensor:
@@ -655,5 +242,5 @@ def population_prune(w, x_sq, configs, sparsities, *, backend_name: str | None =
     return population_prune_torch(w, x_sq, configs, sparsities)
 
 
-__all__ = ["PruneOutput", "fused_prune", "fused_prune_torch", "fused_prune_triton", "population_prune",
-           "population_prune_torch", "population_prune_triton", "w_stats_triton", "FLT_MIN"]  # fmt: skip
+__all__ = ["FLT_MIN", "PruneOutput", "fused_prune", "fused_prune_torch", "fused_prune_triton", "population_prune",
+           "population_prune_torch", "population_prune_triton", "w_stats_triton"]  # fmt: skip

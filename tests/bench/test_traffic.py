@@ -11,11 +11,11 @@ from bench.traffic import CountTorch, count_triton  # noqa: E402
 def test_counts_act_norm_bytes_exactly():
     from optishear_kernels.act_norm import act_norm_update_triton
 
-    x, acc = torch.randn(64, 100), torch.zeros(100)
+    x, acc = torch.randn(64, 100), torch.zeros(100, dtype=torch.float64)
     with count_triton() as t:
         act_norm_update_triton(x, acc)
-    assert t.load_bytes == 64 * 100 * 4 + 100 * 4  # x once, the accumulator once (masked lanes not counted)
-    assert t.store_bytes == 100 * 4
+    assert t.load_bytes == 64 * 100 * 4 + 100 * 8  # x once, the float64 accumulator once (masked lanes not counted)
+    assert t.store_bytes == 100 * 8
     assert t.unique_total == t.total
 
 

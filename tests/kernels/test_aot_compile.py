@@ -13,7 +13,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 def test_every_variant_compiles_for_sm80_and_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real compiler, not the interpreter
     res = subprocess.run([sys.executable, "-m", "optishear_kernels.aot", "--json"], capture_output=True, text=True,
-                         env=env, timeout=1200)  # fmt: skip
+                         env=env, timeout=1200, check=False)  # fmt: skip
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert res.returncode in (0, 1), f"a compile failed:\n{res.stderr[-3000:]}"
     from optishear_kernels.aot import TARGETS, variants
