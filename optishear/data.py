@@ -154,6 +154,10 @@ class _Spans:
 def _draw(n_tokens: int, n: int, seqlen: int, rng: random.Random, taken: _Spans | None, what: str) -> list[int]:
     if n_tokens <= seqlen:
         raise ValueError(f"the {what} text has {n_tokens} tokens, fewer than seqlen={seqlen}")
+    too_short = ValueError(f"cannot draw {n} {what} windows of {seqlen} tokens apart from the other windows: the "
+                           f"text ({n_tokens} tokens) is too short for all the windows asked for")  # fmt: skip
+    if taken is not None and n * seqlen + sum(e - s for s, e in zip(taken.starts, taken.ends)) > n_tokens:
+        raise too_short
     starts = []
     tries = 0
     while len(starts) < n:
@@ -161,9 +165,8 @@ def _draw(n_tokens: int, n: int, seqlen: int, rng: random.Random, taken: _Spans 
         tries += 1
         if taken is None or taken.free(s, seqlen):
             starts.append(s)
-        elif tries > 1000 * n + 10_000:
-            raise ValueError(f"cannot draw {n} {what} windows of {seqlen} tokens apart from the other windows: the "
-                             f"text ({n_tokens} tokens) is too short for all the windows asked for")  # fmt: skip
+        elif tries > 200 * n + 2000:
+            raise too_short
     return starts
 
 

@@ -44,6 +44,44 @@ def tiny_opt(seed: int = 0):
     return OPTForCausalLM(cfg).eval()
 
 
+def tiny_gemma3(seed: int = 0, layers: int = 3, sliding_window: int = 8):
+    """Gemma 3 text-only: GQA, head_dim 32 != hidden / heads (o_proj has 128 inputs), scaled embeddings, q/k norms,
+    tied head, and sliding and full attention layers (different masks and rotary bases per layer type)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    types = [("full_attention" if i % 2 else "sliding_attention") for i in range(layers)]
+    cfg = Gemma3TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                           max_position_embeddings=256, sliding_window=sliding_window, layer_types=types)  # fmt: skip
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def tiny_qwen2(seed: int = 0, layers: int = 2, sliding_from: int | None = None):
+    """Qwen2: GQA with biased q/k/v projections; ``sliding_from=i``: blocks i.. use an 8-token sliding window
+    (Qwen2's ``max_window_layers``), the ones before full attention."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    sliding = {}
+    if sliding_from is not None:
+        sliding = {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": sliding_from}
+    cfg = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **sliding)  # fmt: skip
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def tiny_mistral(seed: int = 0, layers: int = 2, sliding_window: int = 16):
+    """Mistral: GQA with a sliding window shorter than the test windows, so the window matters."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                        sliding_window=sliding_window)  # fmt: skip
+    return MistralForCausalLM(cfg).eval()
+
+
 def random_windows(n: int = 4, seqlen: int = 32, vocab: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 

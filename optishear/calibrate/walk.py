@@ -34,31 +34,92 @@ def _to(obj, device):
     return obj
 
 
+def _to_memo(obj, device, memo: dict):
+    """``_to`` that copies each distinct tensor once: blocks of one kind share their mask and rotary tables."""
+    if isinstance(obj, torch.Tensor):
+        key = id(obj)
+        if key not in memo:
+            memo[key] = (obj, obj.detach().to(device))  # keep obj alive so that its id is not reused
+        return memo[key][1]
+    if isinstance(obj, tuple):
+        return tuple(_to_memo(o, device, memo) for o in obj)
+    if isinstance(obj, list):
+        return [_to_memo(o, device, memo) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to_memo(v, device, memo) for k, v in obj.items()}
+    return obj
+
+
 @dataclass
 class BlockInputs:
-    """Hidden states entering the current block, per calibration batch, kept on CPU, with the
-    non-hidden arguments (masks, rotary embeddings, positions) the model passed to its blocks."""
+    """Hidden states entering the current block, per calibration batch, kept on CPU, and every block's own
+    non-hidden arguments per batch (``args[batch][block]``, ``kwargs[batch][block]``): attention masks, rotary
+    tables and positions. They differ between blocks in models that mix layer kinds (Gemma 3's sliding and
+    full attention have other masks and other rotary bases; Qwen2 with sliding layers other masks)."""
 
     hidden: list[torch.Tensor]
-    args: list[tuple] = field(default_factory=list)
-    kwargs: list[dict] = field(default_factory=list)
+    args: list[list[tuple]] = field(default_factory=list)
+    kwargs: list[list[dict]] = field(default_factory=list)
+
+    def block_args(self, batch: int, block: int) -> tuple[tuple, dict]:
+        return self.args[batch][block], self.kwargs[batch][block]
+
+
+class _Probe(torch.nn.Module):
+    """Stands in for a decoder block while the inputs are captured: records the block's arguments and passes its
+    hidden input through unchanged, in the block's own output format, so the capture costs no block compute; the
+    last probe ends the forward. Attribute reads fall through to the real block (loops that read
+    ``decoder_layer.attention_type`` see the real one)."""
+
+    def __init__(self, real, index: int, sink, last: bool):
+        super().__init__()
+        object.__setattr__(self, "_real", real)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_sink", sink)
+        object.__setattr__(self, "_last", last)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_real"), name)
+
+    def forward(self, *args, **kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        rest_args = tuple(args[1:])
+        rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        out = self._sink(self._index, hs, rest_args, rest_kwargs)
+        if self._last:
+            raise _Stop
+        return out
 
 
 @torch.no_grad()
 def capture_block_inputs(model, windows: torch.Tensor, batch_size: int = 8) -> BlockInputs:
-    """Run the model on ``windows`` [n, seqlen] up to its first decoder block and keep that block's inputs."""
+    """Run the model's embedding and preamble on ``windows`` [n, seqlen]; keep block 0's hidden inputs and every
+    block's own arguments. The real block 0 runs once, on the first batch, to learn the blocks' output format
+    (a tensor, or a tuple whose first element is the hidden state); every other block is a pass-through probe."""
     _, blocks = find_blocks(model)
     device = next(model.parameters()).device
     got = BlockInputs(hidden=[])
+    state = {"tuple": None, "memo": {}}
 
-    def hook(module, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
-        got.hidden.append(hs.detach().to("cpu"))
-        got.args.append(_to(tuple(args[1:]), "cpu"))
-        got.kwargs.append(_to({k: v for k, v in kwargs.items() if k != "hidden_states"}, "cpu"))
-        raise _Stop
+    def sink(i, hs, args, kwargs):
+        if i == 0:
+            got.hidden.append(hs.detach().to("cpu"))
+            got.args.append([])
+            got.kwargs.append([])
+            state["memo"] = {}
+            if state["tuple"] is None:
+                out = blocks_real[0](hs, *args, **kwargs)
+                state["tuple"] = isinstance(out, (tuple, list))
+        got.args[-1].append(_to_memo(args, "cpu", state["memo"]))
+        got.kwargs[-1].append(_to_memo(kwargs, "cpu", state["memo"]))
+        return (hs,) if state["tuple"] else hs
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    blocks_real = list(blocks)
+    for i, real in enumerate(blocks_real):
+        blocks[i] = _Probe(real, i, sink, last=i == len(blocks_real) - 1)
     try:
         for start in range(0, windows.shape[0], batch_size):
             try:
@@ -66,20 +127,25 @@ def capture_block_inputs(model, windows: torch.Tensor, batch_size: int = 8) -> B
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        for i, real in enumerate(blocks_real):
+            blocks[i] = real
     for i, hs in enumerate(got.hidden):
         if not all_finite(hs):
             raise FloatingPointError(f"NaN or inf in the inputs of decoder block 0 (calibration batch {i})")
+        if len(got.args[i]) != len(blocks_real):
+            raise RuntimeError(f"the model called {len(got.args[i])} of its {len(blocks_real)} decoder blocks")
     return got
 
 
-def _run_block(block, inputs: BlockInputs, device) -> list[torch.Tensor]:
-    outs = []
-    for hs, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-        out = block(hs.to(device), *_to(args, device), **_to(kwargs, device))
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        outs.append(out.detach().to("cpu"))
-    return outs
+def _call_block(block, index: int, inputs: BlockInputs, batch: int, device) -> torch.Tensor:
+    args, kwargs = inputs.block_args(batch, index)
+    out = block(inputs.hidden[batch].to(device), *_to(args, device), **_to(kwargs, device))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.detach().to("cpu")
+
+
+def _run_block(block, index: int, inputs: BlockInputs, device) -> list[torch.Tensor]:
+    return [_call_block(block, index, inputs, b, device) for b in range(len(inputs.hidden))]
 
 
 BlockStats = dict[str, dict[str, object]]  # linear name -> statistic name -> value
@@ -202,10 +268,8 @@ def walk(
             handles = [r.module.register_forward_pre_hook(group.hook_for(r.name)) for r in refs]
             try:
                 outs = []
-                for hs, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-                    out = block(hs.to(device), *_to(args, device), **_to(kwargs, device))
-                    out = out[0] if isinstance(out, (tuple, list)) else out
-                    outs.append(out.detach().to("cpu"))
+                for b in range(len(inputs.hidden)):
+                    outs.append(_call_block(block, i, inputs, b, device))
                     group.end_batch()
             finally:
                 for h in handles:
@@ -213,11 +277,11 @@ def walk(
             stats = group.results()
             _check_stats(refs, stats)
         else:
-            outs = _run_block(block, inputs, device)
+            outs = _run_block(block, i, inputs, device)
         all_stats.append(stats if keep else {})
         if on_block is not None and refs:
             on_block(i, refs, stats)
-            outs = _run_block(block, inputs, device)
+            outs = _run_block(block, i, inputs, device)
         for j, o in enumerate(outs):
             if not all_finite(o):
                 raise FloatingPointError(f"NaN or inf in the outputs of decoder block {i} (calibration batch {j})")
