@@ -22,11 +22,10 @@ from ..recipe import make_recipe, write_json_atomic
 from .config import SearchConfig
 from .executor import LocalExecutor, TrialRequest
 from .manifest import build_manifest, check_or_write
-from .optimizers import PymooOptimizer
 from .report import plot
 from .runner import TrialRunner
 from .select import Validator, choose
-from .spaces import VectorSpace
+from .stages import STAGES
 from .trials import TrialLog, TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -78,32 +77,34 @@ class _Run:
         self.hashes: set[str] = set()
         self.failed: set[str] = set()
 
-    def stage(self, stage: str, search_metric: bool, search_blocks: bool, fixed_metric: str):
-        cfg, runner = self.cfg, self.runner
-        sizes = [sum(r.weight2d().numel() for r in refs) for refs in runner.linears]
-        space = VectorSpace(stage, cfg, sizes, search_metric, search_blocks, fixed_metric)
-        opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
-                             mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
-                             seed=cfg.plan.seed)  # fmt: skip
+    def stage(self, space, opt):
+        """Run one stage to the end: ask -> decode -> dedupe -> executor -> log -> tell, per generation.
+
+        Returns:
+            (pareto, ok records as dicts, the baseline's record or None): the baseline is the first member of
+            the first generation (Wanda, uniform blocks), which the held-out check always includes.
+        """
+        cfg, runner, stage = self.cfg, self.runner, space.stage
         records: dict[str, TrialRecord] = {}
         baseline = None
         while opt.has_next():
             X = opt.ask()
             keys = [space.key(x) for x in X]
-            baseline = baseline or keys[0]  # the seeded first member: Wanda (metric) or uniform blocks
+            baseline = baseline or keys[0]
             t_gen = time.perf_counter()
             # One trial per new key: a key repeated within the generation is answered by its first occurrence.
             todo = [j for j, k in enumerate(keys) if k not in self.cache and keys.index(k) == j]
             decoded = {j: space.decode(X[j]) for j in todo}
-            plans = {j: runner.trial_plan(d["metric"], d["block_sparsity"]) for j, d in decoded.items()}
+            plans = {j: runner.plan_for(d) for j, d in decoded.items()}
             known_hashes = {}
             if todo and self.population:
                 hashes = runner.population_hashes([plans[j] for j in todo])
                 known_hashes = dict(zip(todo, hashes)) if hashes is not None else {}
             requests = [TrialRequest(j, plans[j], known_hashes.get(j)) for j in todo]
             for j, result in self.executor.run(requests, self.known):
-                rec = TrialRecord(stage=stage, key=keys[j], generation=opt.generation, metric=decoded[j]["metric"],
-                                  block_sparsity=decoded[j]["block_sparsity"], **result)  # fmt: skip
+                rec = TrialRecord(stage=stage, key=keys[j], generation=opt.generation, metric=plans[j].metric,
+                                  block_sparsity=plans[j].block_sparsities(len(runner.linears)) or [],
+                                  changes=_jsonable(decoded[j]), **result)  # fmt: skip
                 self.cache[rec.key] = rec
                 self.log.write(rec)
                 if rec.ok and rec.evaluated:
@@ -139,7 +140,7 @@ class _Run:
         for x, f in front:
             rec = records[space.key(x)]
             pareto.append({"metric": rec.metric, "block_sparsity": rec.block_sparsity, "sparsity": rec.sparsity,
-                           "objective": float(f[0])})  # fmt: skip
+                           "objective": float(f[0]), "changes": rec.changes, "mask_hash": rec.mask_hash})  # fmt: skip
         pareto.sort(key=lambda r: (-r["sparsity"], r["objective"]))
         ok = [r.to_dict() for r in records.values() if r.ok]
         base = records[baseline]
@@ -155,6 +156,17 @@ class _Run:
         logger.info("[%s] gen %d/%d  trials %d  distinct %d  failed %d  best %.6g  pareto %d  %.2f s/trial "
                     "(%d new, %.2f s each)", stage, gen + 1, self.cfg.generations, self.proposed, len(self.hashes),
                     len(self.failed), best, len(opt.front()), secs, new, per_new)  # fmt: skip
+
+
+def _jsonable(obj):
+    """Plan changes as plain JSON values (numpy scalars from a genotype become Python numbers)."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _window_sets(cfg: SearchConfig, tokenizer, model, windows, objective_windows, validation_windows):
@@ -223,16 +235,13 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     try:
         with log:
             run = _Run(config, runner, executor, log, cache, on_trial, population)
-            if config.space == "metric-then-blocks":
-                best_metric = pick("metric", run.stage("metric", True, False, config.plan.metric))["metric"]
-                staged, stage = run.stage("blocks", False, True, best_metric), "blocks"
-            else:
-                space = config.space
-                staged = run.stage(space, space in ("metric", "joint"), space in ("blocks", "joint"), config.plan.metric)
-                stage = space
+            chosen = None
+            for build in STAGES[config.space](config, runner):
+                space, opt = build(chosen)
+                staged = run.stage(space, opt)
+                chosen = pick(space.stage, staged)
         pareto = staged[0]
-        chosen = pick(stage, staged)
-        plan = runner.trial_plan(chosen["metric"], chosen["block_sparsity"])
+        plan = runner.plan_for(chosen["changes"])
         result = runner.apply(plan)
         recipe = make_recipe(plan, result, model, windows=runner.windows)
         recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,

@@ -70,12 +70,24 @@ class TrialRunner:
                                batch_size=self.plan.batch_size, backend=self.backend, progress=self.progress)  # fmt: skip
         return self._stats
 
+    def plan_for(self, changes: dict) -> Plan:
+        """The base plan with a space's decoded changes (Plan fields; other keys, like ``target``, are ignored).
+        Uniform block sparsities become the plan's ``sparsity``; the base plan's own allocation (a list, or OWL)
+        is kept when the changes leave it at the target."""
+        changes = {k: v for k, v in changes.items() if k in Plan.__dataclass_fields__}
+        blocks = changes.get("block_sparsity")
+        if blocks is not None and len(set(blocks)) == 1:
+            if self.plan.block_sparsity is not None and blocks[0] == self.plan.sparsity:
+                changes.pop("block_sparsity")
+            else:
+                changes.update(sparsity=blocks[0], block_sparsity=None)
+        elif blocks is not None:
+            changes["block_sparsity"] = list(blocks)
+        return replace(self.plan, **changes)
+
     def trial_plan(self, metric: str, blocks: list[float]) -> Plan:
-        uniform = len(set(blocks)) == 1
-        if self.plan.block_sparsity is not None and uniform and blocks[0] == self.plan.sparsity:
-            return replace(self.plan, metric=metric)  # the base plan's own allocation (a list, or OWL)
-        return replace(self.plan, metric=metric, sparsity=blocks[0] if uniform else self.plan.sparsity,
-                       block_sparsity=None if uniform else list(blocks))  # fmt: skip
+        """``plan_for`` a metric and per-block sparsities."""
+        return self.plan_for({"metric": metric, "block_sparsity": blocks})
 
     def apply(self, plan: Plan):
         """Restore the dense weights, then prune with ``plan``; returns the PruneResult."""

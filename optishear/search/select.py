@@ -55,12 +55,12 @@ class Validator:
         for r in finalists:
             value = self.done.get(r["mask_hash"])
             if value is None:
-                self.runner.apply(self.runner.trial_plan(r["metric"], r["block_sparsity"]))
+                self.runner.apply(self.runner.plan_for(r["changes"]))
                 value = self.dense.error(self.runner.model, cfg.objective)
                 self.done[r["mask_hash"]] = value
                 append_jsonl(self.path, {"stage": stage, "metric": r["metric"], "block_sparsity": r["block_sparsity"],
-                                         "mask_hash": r["mask_hash"], "objective": r["objective"],
-                                         "validation": value})  # fmt: skip
+                                         "changes": r["changes"], "mask_hash": r["mask_hash"],
+                                         "objective": r["objective"], "validation": value})  # fmt: skip
             scored.append({**r, "validation": value})
             logger.info("[%s] held-out %s: %.6g (search objective %.6g)", stage, r["metric"], value, r["objective"])
         return min(scored, key=lambda r: (r["validation"], r["objective"], r["metric"]))

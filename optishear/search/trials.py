@@ -26,7 +26,8 @@ class TrialRecord:
         evaluated: whether this trial pruned and measured (False: answered from an identical earlier mask).
         seconds: wall time of the trial.
         status: ``ok`` or ``failed``; error: the failure's message.
-        extra: anything a space or method adds (a tree, structured rates...).
+        changes: the plan changes the space decoded (what ``TrialRunner.plan_for`` rebuilds the plan from).
+        extra: anything else a space or method wants on record.
     """
 
     stage: str
@@ -41,6 +42,7 @@ class TrialRecord:
     seconds: float = 0.0
     status: str = "ok"
     error: str | None = None
+    changes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property

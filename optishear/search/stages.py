@@ -1,0 +1,47 @@
+"""Which stages a search runs, and the space and optimizer of each.
+
+``STAGES[space_name](cfg, runner)`` gives the stages in order, each a function of the previous stage's chosen
+solution (None for the first) that returns ``(space, optimizer)``. A new space is a new entry here (and its
+name in ``config.SPACES``); the driver runs any space that has ``stage``, ``n_obj``, ``key(g)`` and
+``decode(g) -> plan changes``, with any optimizer that has ``has_next / ask / tell / front / generation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import SearchConfig
+from .optimizers import PymooOptimizer
+from .spaces import VectorSpace
+
+StageBuilder = Callable[[dict | None], tuple[object, object]]
+
+
+def _block_sizes(runner) -> list[int]:
+    return [sum(r.weight2d().numel() for r in refs) for refs in runner.linears]
+
+
+def vector_stage(cfg: SearchConfig, runner, name: str, search_metric: bool, search_blocks: bool) -> StageBuilder:
+    """A stage over ``VectorSpace`` with pymoo; in a second stage the fixed metric is the first stage's choice."""
+
+    def build(prev: dict | None):
+        fixed = prev["metric"] if prev is not None else cfg.plan.metric
+        space = VectorSpace(name, cfg, _block_sizes(runner), search_metric, search_blocks, fixed)
+        opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
+                             mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
+                             seed=cfg.plan.seed)  # fmt: skip
+        return space, opt
+
+    return build
+
+
+STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
+    "metric": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False)],
+    "blocks": lambda cfg, runner: [vector_stage(cfg, runner, "blocks", False, True)],
+    "joint": lambda cfg, runner: [vector_stage(cfg, runner, "joint", True, True)],
+    "metric-then-blocks": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
+                                               vector_stage(cfg, runner, "blocks", False, True)],
+}  # fmt: skip
+
+
+__all__ = ["STAGES", "StageBuilder", "vector_stage"]
