@@ -213,12 +213,13 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     if not any(model_linears(model, config.plan.targets, config.plan.ignore)):
         raise ValueError("no linear layers selected for pruning (check targets / ignore)")
     sets = _window_sets(config, tokenizer, model, windows, objective_windows, validation_windows)
+    described = executor.describe() if executor is not None else LocalExecutor.DESCRIPTION
+    # Checked before any expensive set-up: a refused resume costs one read of the weights (the fingerprint).
+    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=described), resume, bool(existing))
     runner = TrialRunner(model, sets["statistics"].tokens, config,
                          objective_windows=sets["objective"].tokens if "objective" in sets else None, backend=backend,
                          progress=progress)  # fmt: skip
     executor = executor or LocalExecutor(runner)
-    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=executor.describe()), resume,
-                   bool(existing))  # fmt: skip
     write_json_atomic(out / "config.json", config.to_dict())
     validator = None
     if config.validate_top:

@@ -37,6 +37,8 @@ class Executor(Protocol):
 class LocalExecutor:
     """Trials in this process, one after another, on ``runner``."""
 
+    DESCRIPTION = {"kind": "local", "workers": 1}
+
     def __init__(self, runner):
         self.runner = runner
 
@@ -45,7 +47,7 @@ class LocalExecutor:
             yield req.index, self.runner.run(req.plan, known, req.known_hash)
 
     def describe(self) -> dict:
-        return {"kind": "local", "workers": 1}
+        return dict(self.DESCRIPTION)
 
     def close(self) -> None:
         pass
