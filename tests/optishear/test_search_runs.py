@@ -211,3 +211,12 @@ def test_c4_without_a_long_enough_document_is_an_error_not_an_endless_loop(monke
     monkeypatch.setattr(data, "_hf_text", lambda name, split: ["short text"] * 50)
     with pytest.raises(ValueError, match="C4: found only 0 of 2 documents longer than 64 tokens"):
         calibration_windows(CalibSpec("c4", 2, 64, 0), CharTokenizer())
+
+
+def test_optishear_search_is_the_function_and_the_package(tmp_path):
+    import optishear
+
+    res = optishear.search(tiny_llama(), None, _cfg(pop_size=4, generations=1, validate_top=0, objective_windows=0),
+                           tmp_path / "run", windows=random_windows(4, 32), progress=False)  # fmt: skip
+    assert isinstance(res, optishear.SearchResult) and res.trials == 4
+    assert optishear.search.SearchConfig is SearchConfig
