@@ -92,7 +92,8 @@ def test_resume_is_refused_on_another_model_edited_text_or_other_plan(tmp_path):
     assert "data.windows" in str(err.value)  # the windows drawn from it changed too, and are named
 
 
-def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+def _fail_evaluations(monkeypatch, which):
+    """Make the objective raise, as a non-finite error would, on the evaluations numbered ``which`` (1-based)."""
     import optishear.search.runner as runner_mod
 
     real = runner_mod.reconstruction_error
@@ -100,11 +101,15 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
 
     def flaky(model, dense, kind):
         calls["n"] += 1
-        if calls["n"] in (2, 4):
+        if calls["n"] in which:
             raise FloatingPointError(f"reconstruction error ({kind}) is not finite")
         return real(model, dense, kind)
 
     monkeypatch.setattr(runner_mod, "reconstruction_error", flaky)
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    _fail_evaluations(monkeypatch, (2, 4))
     model = tiny_llama(layers=3)
     dense = {r.full_name: r.weight2d().clone() for refs in model_linears(model) for r in refs}
     cfg = _cfg(pop_size=8, generations=3, validate_top=0, objective_windows=0)
@@ -120,18 +125,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
 
 
 def test_too_many_failures_stop_the_search_and_a_resume_with_a_higher_limit_finishes(tmp_path, monkeypatch):
-    import optishear.search.runner as runner_mod
-
-    real = runner_mod.reconstruction_error
-    calls = {"n": 0}
-
-    def flaky(model, dense, kind):
-        calls["n"] += 1
-        if calls["n"] in (2, 3):
-            raise FloatingPointError("injected")
-        return real(model, dense, kind)
-
-    monkeypatch.setattr(runner_mod, "reconstruction_error", flaky)
+    _fail_evaluations(monkeypatch, (2, 3))
     cfg = _cfg(pop_size=8, generations=2, validate_top=0, objective_windows=0, max_failures=1)
     kw = dict(windows=random_windows(4, 32), progress=False)
     with pytest.raises(RuntimeError, match="2 trials failed"):
