@@ -91,14 +91,17 @@ def tensor_bytes(obj, _seen=None) -> int:
 
 def portable_dense(dense):
     """A copy of ``DenseOutputs`` that can travel to another host: spilled logits read back into memory, tensors on
-    the CPU, and no copy of the output head (``_w``/``_b``: each worker links its own, equal by fingerprint)."""
+    the CPU, no copy of the output head (``_w``/``_b``: each worker links its own, equal by fingerprint), and no
+    more than the configured objective reads."""
     out = copy.copy(dense)
     if getattr(dense, "_files", None):
         out._mem = [torch.load(f) for f in dense._files]
         out._files = []
     out._tmp = None
     if getattr(dense, "gram", None) is not None:
-        out.gram = dense.gram.cpu()
+        # W^T W serves the Frobenius objective only: without its dense head inputs (a KL search) it is not sent
+        # (on a 7B model it is 4096^2 float64, 134 MB, six times the rest of the state).
+        out.gram = dense.gram.cpu() if dense._hidden else None
     if dense.shortcut:
         out._w = out._b = None
     return out

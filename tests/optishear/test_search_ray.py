@@ -87,9 +87,9 @@ def _assert_same_run(a, b):
     assert json.loads((a / "pareto.json").read_text()) == json.loads((b / "pareto.json").read_text())
 
 
-@pytest.mark.parametrize("space", ["metric", "blocks"])
-def test_two_ray_workers_give_the_serial_runs_trials_and_recipe(tmp_path, ray_instance, space):
-    cfg = _cfg(space)
+@pytest.mark.parametrize("space,objective", [("metric", "kl"), ("blocks", "fro")])
+def test_two_ray_workers_give_the_serial_runs_trials_and_recipe(tmp_path, ray_instance, space, objective):
+    cfg = _cfg(space, objective=objective)
     serial = _search(tmp_path / "serial", cfg)
     build, made = _ray()
     res = _search(tmp_path / "ray", cfg, build)
@@ -108,6 +108,23 @@ def test_two_ray_workers_give_the_serial_runs_trials_and_recipe(tmp_path, ray_in
     hist = json.loads((tmp_path / "ray" / "history.json").read_text())
     assert all(h["workers"] == 2 for h in hist) and hist[0]["trials_per_minute"] > 0 and hist[0]["workers_busy"] > 0
     assert not ex._slots, "close() stops the workers"
+
+
+@pytest.mark.parametrize("objective", ["kl", "fro"])
+def test_the_shipped_state_measures_what_the_drivers_does_and_carries_only_what_the_objective_reads(objective):
+    from optishear.objectives import reconstruction_error
+    from optishear.search.ray_executor import _attach_head, portable_dense, tensor_bytes
+
+    windows = random_windows(4, 32)
+    runner = TrialRunner(tiny_llama(layers=2), windows, _cfg(objective=objective))
+    state = runner.shared_state()
+    shipped = portable_dense(state["dense"])
+    assert shipped._w is None and (shipped.gram is None) == (objective == "kl")
+    assert tensor_bytes(shipped) < tensor_bytes(state["dense"])  # the head's weights stay home
+    runner.apply(runner.plan_for({"metric": "w:none*none,x:none*sqrt"}))
+    expect = reconstruction_error(runner.model, runner.dense, objective)
+    _attach_head(shipped, runner.model)
+    assert reconstruction_error(runner.model, shipped, objective) == expect
 
 
 def test_equal_masks_in_flight_together_are_evaluated_once_and_recorded_as_serially(ray_instance):
