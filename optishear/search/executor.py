@@ -104,8 +104,9 @@ class ExecutorConfig:
             if self.workers not in (None, 1):
                 raise ValueError(f"--workers {self.workers} needs --executor ray (the local executor runs one trial "
                                  "at a time)")  # fmt: skip
-            if self.ray_address is not None:
-                raise ValueError("--ray-address needs --executor ray")
+            for name in ("ray_address", "worker_threads", "gpus_per_worker"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name.replace('_', '-')} needs --executor ray")
             return
         check_ray_address(self.ray_address)
         from .ray_executor import import_ray

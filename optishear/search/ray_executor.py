@@ -171,8 +171,8 @@ class TrialWorker:
         self.host = socket.gethostname()
         if setup["code"] != code_digest():
             raise ValueError(f"worker on {self.host} imports other optishear code than the driver (digest "
-                             f"{code_digest()} != {setup['code']}, from {Path(__file__).parent}): install the same "
-                             "version on every node")  # fmt: skip
+                             f"{code_digest()} != {setup['code']}, from {Path(__file__).parents[1]}): install the "
+                             "same version on every node")  # fmt: skip
         if isinstance(model, str):
             model, _ = load_model(model, dtype=getattr(torch, setup["dtype"]), device=self.device)
         else:

@@ -218,6 +218,7 @@ def _closed_port() -> int:
 def test_bad_executor_settings_are_clear_errors(monkeypatch):
     for bad, match in [(dict(executor="dask"), "executor must be one of"), (dict(workers=0), "positive integer"),
                        (dict(executor="local", workers=3), "needs --executor ray"),
+                       (dict(worker_threads=2), "--worker-threads needs --executor ray"),
                        (dict(executor="ray", ray_address="head-node"), "HOST:PORT"),
                        (dict(executor="ray", ray_address="h:99999"), "HOST:PORT"),
                        (dict(executor="ray", worker_threads=0), "positive integer")]:  # fmt: skip
