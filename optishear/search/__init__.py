@@ -29,9 +29,8 @@ from .spaces import VectorSpace, repair_offsets
 from .trials import TrialLog, TrialRecord
 
 __all__ = ["SearchConfig", "SearchResult", "search", "SPACES", "ALGORITHMS", "search_plan_defaults", "ExecutorConfig",
-           "LocalExecutor",
-           "TrialRequest", "PymooOptimizer", "TrialRunner", "VectorSpace", "repair_offsets", "TrialLog",
-           "TrialRecord"]  # fmt: skip
+           "LocalExecutor", "TrialRequest", "PymooOptimizer", "TrialRunner", "VectorSpace", "repair_offsets",
+           "TrialLog", "TrialRecord"]  # fmt: skip
 
 
 class _CallableModule(types.ModuleType):

@@ -226,16 +226,16 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
                          objective_windows=sets["objective"].tokens if "objective" in sets else None, backend=backend,
                          progress=progress)  # fmt: skip
     executor = make_executor(executor, runner)
-    try:
+    try:  # a Ray executor holds workers (and maybe a local Ray instance): stop them if the run cannot start
         check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=executor.describe()), resume,
                        bool(existing))  # fmt: skip
+        write_json_atomic(out / "config.json", config.to_dict())
+        validator = None
+        if config.validate_top:
+            validator = Validator(runner, sets["validation"].tokens, out / "validation.jsonl", resume, progress)
     except BaseException:
         executor.close()
         raise
-    write_json_atomic(out / "config.json", config.to_dict())
-    validator = None
-    if config.validate_top:
-        validator = Validator(runner, sets["validation"].tokens, out / "validation.jsonl", resume, progress)
     cache = {r.key: r for r in existing} if resume else {}
     if cache:
         logger.info("resuming: %d finished trials read from %s", len(cache), log.path)

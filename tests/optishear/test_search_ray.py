@@ -236,29 +236,29 @@ def test_bad_executor_settings_are_clear_errors(monkeypatch):
         make_executor("ray", runner)
 
 
-def test_cli_search_on_ray_starts_and_stops_its_own_instance(tmp_path, tiny_model_dir):
+def test_cli_search_on_ray_starts_and_stops_its_own_instance(tmp_path, tiny_model_dir, capsys):
+    """The Ray run in a subprocess (it starts its own instance, this module's is up); the rest in-process."""
+    from optishear.cli import main
+
     rng = torch.Generator().manual_seed(0)
     words = ["pruning", "weights", "model", "layer", "the", "of", "sparse", "token", "search", "metric"]
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(words[int(i)] for i in torch.randint(0, len(words), (6000,), generator=rng)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")]),
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
-    common = ["--model", str(tiny_model_dir), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32",
+    common = ["search", "--model", str(tiny_model_dir), "--calib", str(calib), "--nsamples", "4", "--seqlen", "32",
               "--space", "metric", "--pop-size", "6", "--generations", "2", "--objective-windows", "2",
               "--objective-seqlen", "24", "--validate-top", "0", "--json"]  # fmt: skip
-    bad = subprocess.run([sys.executable, "-m", "optishear", "search", *common, "--out", str(tmp_path / "bad"),
-                          "--executor", "ray", "--ray-address", "nowhere"], capture_output=True, text=True, env=env,
-                         timeout=300)  # fmt: skip
-    assert bad.returncode == 2 and "--ray-address must be" in bad.stderr
-    runs = {}
-    for name, extra in [("serial", []), ("ray", ["--executor", "ray", "--workers", "2"])]:
-        proc = subprocess.run([sys.executable, "-m", "optishear", "search", *common, "--out", str(tmp_path / name),
-                               *extra], capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = (json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr)
+    assert main([*common, "--out", str(tmp_path / "bad"), "--executor", "ray", "--ray-address", "nowhere"]) == 2
+    assert "--ray-address must be" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "serial"), "--quiet"]) == 0
+    serial = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "kernels")]),
+           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "optishear", *common, "--out", str(tmp_path / "ray"), "--executor",
+                           "ray", "--workers", "2"], capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, err = json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
     _assert_same_run(tmp_path / "serial", tmp_path / "ray")
-    out, err = runs["ray"]
-    assert out["metric"] == runs["serial"][0]["metric"] and out["objective"] == runs["serial"][0]["objective"]
+    assert out["metric"] == serial["metric"] and out["objective"] == serial["objective"]
     assert "started a local Ray instance on 127.0.0.1:" in err and "/2 busy" in err and "trials/min" in err
     assert "model loaded from " + str(tiny_model_dir.resolve()) in err  # workers loaded the directory themselves
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["executor"]["workers"] == 2
