@@ -79,10 +79,10 @@ class ExecutorConfig:
     """
 
     executor: str = opt("local", choices=EXECUTORS, type=str, help="where trials run")
-    workers: int | None = opt(None, type=int, help="Ray workers (default: one per GPU, or 2 on CPUs)")
-    ray_address: str | None = opt(None, type=str, help="Ray cluster: auto | HOST:PORT (default: a local instance)")
-    worker_threads: int | None = opt(None, type=int, help="torch threads per Ray worker (default: CPUs / workers)")
-    gpus_per_worker: float | None = opt(None, type=float, help="GPUs per Ray worker (default: 1 with GPUs)")
+    workers: int | None = opt(None, type=int, help="Ray workers; None: one per GPU, or 2 on CPUs")
+    ray_address: str | None = opt(None, type=str, help="Ray cluster, auto or HOST:PORT; None: a private local instance")
+    worker_threads: int | None = opt(None, type=int, help="torch threads per Ray worker; None: CPUs / workers")
+    gpus_per_worker: float | None = opt(None, type=float, help="GPUs per Ray worker; None: 1 if there are GPUs")
     model: str | None = opt(None, type=str, help="model directory the workers load", cli=False)
 
     def validate(self) -> None:
