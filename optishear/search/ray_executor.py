@@ -349,8 +349,7 @@ class RayExecutor:
             self.gpus_per_worker = config.gpus_per_worker if config.gpus_per_worker is not None else (
                 1.0 if gpus > 0 else 0.0)  # fmt: skip
             self.workers = config.workers or (int(gpus // self.gpus_per_worker) if self.gpus_per_worker else 2)
-            cpus = float(resources.get("CPU", 1))
-            self.threads = config.worker_threads or max(1, int(cpus // self.workers))
+            self.threads = config.worker_threads or self._default_threads(float(resources.get("CPU", 1)))
             self.max_replacements = 2 * self.workers if max_replacements is None else max_replacements
             self.state = self._portable_state()
             self.state_bytes = tensor_bytes(self.state)
@@ -360,6 +359,16 @@ class RayExecutor:
             raise
 
     # -- set-up ------------------------------------------------------------------------------------------
+    def _default_threads(self, cpus: float) -> int:
+        """CPUs per worker: the cluster's CPUs divided among the workers, but never more than one node has (nor, for
+        GPU workers, more than a GPU node has per GPU), so that every worker can be placed."""
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive", True)]
+        if self.gpus_per_worker:
+            per_gpu = [r.get("CPU", 0) / r["GPU"] for r in nodes if r.get("GPU")]
+            return max(1, int(min(per_gpu) * self.gpus_per_worker) if per_gpu else 1)
+        largest = max((r.get("CPU", 0) for r in nodes), default=cpus)
+        return max(1, int(min(cpus // self.workers, largest)))
+
     @staticmethod
     def _model_path(model, given: str | None) -> str | None:
         """Where workers load the model from: ``given``, else the directory the driver's model came from; None:

@@ -207,6 +207,18 @@ def test_a_ray_run_log_resumes_with_the_local_executor_to_the_serial_result(tmp_
     _assert_same_run(tmp_path / "serial", tmp_path / "cut")
 
 
+@pytest.mark.parametrize("nodes,workers,gpus,threads", [
+    ([{"CPU": 2}], 2, 0, 1),  # this machine: one thread each
+    ([{"CPU": 3}] * 3, 2, 0, 3),  # 9 CPUs / 2 would be 4, more than any node has
+    ([{"CPU": 64}] + [{"CPU": 32, "GPU": 8}] * 4, 32, 1, 4),  # a CPU-only head: GPU workers get a GPU node's share
+])  # fmt: skip
+def test_default_worker_threads_let_every_worker_be_placed(nodes, workers, gpus, threads):
+    ex = RayExecutor.__new__(RayExecutor)  # the rule alone, on described clusters
+    ex.ray = type("FakeRay", (), {"nodes": lambda self: [{"Alive": True, "Resources": r} for r in nodes]})()
+    ex.workers, ex.gpus_per_worker = workers, gpus
+    assert ex._default_threads(sum(r["CPU"] for r in nodes)) == threads
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
