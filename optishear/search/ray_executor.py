@@ -424,12 +424,17 @@ class RayExecutor:
 
     @staticmethod
     def _pythonpath() -> str:
-        """The directories this process imports optishear and its kernels from, first: workers of a local instance
-        then import the same code as the driver (also when it runs from a source tree)."""
+        """The source trees this process imports optishear and its kernels from, first: workers of a local instance
+        then import the same code as the driver. An installed package's site-packages is left out (every Python
+        process has it already, and ahead of the standard library it could shadow it)."""
+        import site
+
         import optishear
         import optishear_kernels
 
+        installed = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
         dirs = [str(Path(m.__file__).resolve().parents[1]) for m in (optishear, optishear_kernels)]
+        dirs = [d for d in dirs if d not in installed]
         rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in dirs]
         return os.pathsep.join(dict.fromkeys(dirs + rest))
 
