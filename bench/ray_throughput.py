@@ -2,7 +2,7 @@
 each, side by side in one run on the same cores, on SmolLM2-135M (what the executor costs where no parallel gain
 is possible: the cores are the same).
 
-    nice -n 10 python bench/ray_throughput.py --out bench/ray_throughput.json     # about 15 minutes on 2 cores
+    nice -n 10 python bench/ray_throughput.py --repeats 2 --out bench/ray_throughput.json   # ~20 min on 2 quiet cores
 
 Both runs search the same metric space with the same seed, statistics (32 x 512) and objective (KL on 4 x 256);
 validation is off (the trials are what is measured). The trial phase of each run is the sum of its generations'
