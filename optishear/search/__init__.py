@@ -8,7 +8,8 @@
 | ``trials.py`` | the typed trial record and the trial log (``trials.jsonl``) |
 | ``manifest.py`` | what a run depends on; a mismatched resume is refused |
 | ``runner.py`` | one trial on one loaded model (restore, prune, objective, mask digest) |
-| ``executor.py`` | where trials run (in process; the seam a distributed executor plugs into) |
+| ``executor.py`` | where trials run: ``ExecutorConfig``, ``make_executor``, the in-process executor |
+| ``ray_executor.py`` | trials on Ray actors holding the model once (``optishear[distributed]``) |
 | ``select.py`` | held-out finalists and the choice of the answer |
 | ``report.py`` | the plot |
 | ``driver.py`` | ask -> decode -> dedupe -> executor -> log -> tell; ``search()`` |
@@ -21,15 +22,15 @@ import types
 
 from .config import ALGORITHMS, SPACES, SearchConfig, search_plan_defaults
 from .driver import SearchResult, search
-from .executor import LocalExecutor, TrialRequest
+from .executor import ExecutorConfig, LocalExecutor, TrialRequest
 from .optimizers import PymooOptimizer
 from .runner import TrialRunner
 from .spaces import VectorSpace, repair_offsets
 from .trials import TrialLog, TrialRecord
 
-__all__ = ["SearchConfig", "SearchResult", "search", "SPACES", "ALGORITHMS", "search_plan_defaults", "LocalExecutor",
-           "TrialRequest", "PymooOptimizer", "TrialRunner", "VectorSpace", "repair_offsets", "TrialLog",
-           "TrialRecord"]  # fmt: skip
+__all__ = ["SearchConfig", "SearchResult", "search", "SPACES", "ALGORITHMS", "search_plan_defaults", "ExecutorConfig",
+           "LocalExecutor", "TrialRequest", "PymooOptimizer", "TrialRunner", "VectorSpace", "repair_offsets",
+           "TrialLog", "TrialRecord"]  # fmt: skip
 
 
 class _CallableModule(types.ModuleType):

@@ -20,8 +20,8 @@ from ..data import WindowSet, window_sets
 from ..models import model_linears
 from ..recipe import make_recipe, write_json_atomic
 from .config import SearchConfig
-from .executor import LocalExecutor, TrialRequest
-from .manifest import build_manifest, check_or_write
+from .executor import TrialRequest, describe_spec, make_executor
+from .manifest import build_manifest, check_or_write, record_executor
 from .report import plot
 from .runner import TrialRunner
 from .select import Validator, choose
@@ -101,7 +101,9 @@ class _Run:
                 hashes = runner.population_hashes([plans[j] for j in todo])
                 known_hashes = dict(zip(todo, hashes)) if hashes is not None else {}
             requests = [TrialRequest(j, plans[j], known_hashes.get(j)) for j in todo]
+            busy = 0.0
             for j, result in self.executor.run(requests, self.known):
+                busy += result.get("seconds") or 0.0
                 rec = TrialRecord(stage=stage, key=keys[j], generation=opt.generation, metric=plans[j].metric,
                                   block_sparsity=plans[j].block_sparsities(len(runner.linears)) or [],
                                   changes=_jsonable(decoded[j]), **result)  # fmt: skip
@@ -132,7 +134,7 @@ class _Run:
                                    "log: fix the cause or raise --max-failures, then --resume")  # fmt: skip
             opt.tell(F, feasible)
             self._progress(stage, opt.generation - 1, F[feasible, 0], opt, time.perf_counter() - t_gen, len(X),
-                           len(todo))  # fmt: skip
+                           len(todo), busy)  # fmt: skip
         front = opt.front()
         if not front:
             raise RuntimeError(f"[{stage}] every trial failed: no solution (see the errors in trials.jsonl)")
@@ -146,16 +148,21 @@ class _Run:
         base = records[baseline]
         return pareto, ok, base.to_dict() if base.ok else None
 
-    def _progress(self, stage, gen, feasible_f, opt, wall, n, new) -> None:
+    def _progress(self, stage, gen, feasible_f, opt, wall, n, new, busy=0.0) -> None:
+        """The generation's line; ``busy``: worker-seconds its trials took (``/ wall``: workers busy on average)."""
         seen = [float(v) for v in feasible_f] + [h["best"] for h in self.history if h["stage"] == stage]
         best = min(seen) if seen else float("nan")
         secs, per_new = wall / n, wall / new if new else 0.0
+        workers = self.executor.describe().get("workers", 1)
+        per_min, busy_avg = 60.0 * new / wall if wall > 0 else 0.0, busy / wall if wall > 0 else 0.0
         self.history.append({"stage": stage, "generation": gen, "trials": self.proposed, "distinct": len(self.hashes),
                              "failed": len(self.failed), "best": best, "pareto": len(opt.front()),
-                             "seconds_per_trial": secs, "seconds_per_new_trial": per_new})  # fmt: skip
+                             "seconds_per_trial": secs, "seconds_per_new_trial": per_new, "workers": workers,
+                             "workers_busy": busy_avg, "trials_per_minute": per_min})  # fmt: skip
         logger.info("[%s] gen %d/%d  trials %d  distinct %d  failed %d  best %.6g  pareto %d  %.2f s/trial "
-                    "(%d new, %.2f s each)", stage, gen + 1, self.cfg.generations, self.proposed, len(self.hashes),
-                    len(self.failed), best, len(opt.front()), secs, new, per_new)  # fmt: skip
+                    "(%d new, %.2f s each)  workers %.1f/%d busy  %.1f trials/min", stage, gen + 1,
+                    self.cfg.generations, self.proposed, len(self.hashes), len(self.failed), best, len(opt.front()),
+                    secs, new, per_new, busy_avg, workers, per_min)  # fmt: skip
 
 
 def _jsonable(obj):
@@ -198,7 +205,9 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
             model, tokenizer, data or configuration differ from the run's manifest.
         windows / objective_windows / validation_windows: token windows to use as they are (tests); otherwise
             drawn from ``config.plan.calib``, pairwise disjoint.
-        executor: where trials run (default: this process, ``LocalExecutor``).
+        executor: where trials run: None or ``"local"`` (this process), ``"ray"``, an ``ExecutorConfig``
+            (``executor="ray", workers=N, ray_address=...``) or an executor object (``executor.make_executor``).
+            The run's trials do not depend on it: a log written with one resumes with any other.
         backend: kernels backend (auto / torch / triton), resolved once.
         on_trial: called with each newly written trial record (tests use it to interrupt a run).
     """
@@ -213,17 +222,22 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     if not any(model_linears(model, config.plan.targets, config.plan.ignore)):
         raise ValueError("no linear layers selected for pruning (check targets / ignore)")
     sets = _window_sets(config, tokenizer, model, windows, objective_windows, validation_windows)
-    described = executor.describe() if executor is not None else LocalExecutor.DESCRIPTION
-    # Checked before any expensive set-up: a refused resume costs one read of the weights (the fingerprint).
-    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=described), resume, bool(existing))
+    # Checked before any expensive set-up (workers, dense outputs): a refused resume costs one read of the weights.
+    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=describe_spec(executor)), resume,
+                   bool(existing))  # fmt: skip
     runner = TrialRunner(model, sets["statistics"].tokens, config,
                          objective_windows=sets["objective"].tokens if "objective" in sets else None, backend=backend,
                          progress=progress)  # fmt: skip
-    executor = executor or LocalExecutor(runner)
-    write_json_atomic(out / "config.json", config.to_dict())
-    validator = None
-    if config.validate_top:
-        validator = Validator(runner, sets["validation"].tokens, out / "validation.jsonl", resume, progress)
+    executor = make_executor(executor, runner)
+    try:  # a Ray executor holds workers (and maybe a local Ray instance): stop them if the run cannot start
+        record_executor(out, executor.describe())
+        write_json_atomic(out / "config.json", config.to_dict())
+        validator = None
+        if config.validate_top:
+            validator = Validator(runner, sets["validation"].tokens, out / "validation.jsonl", resume, progress)
+    except BaseException:
+        executor.close()
+        raise
     cache = {r.key: r for r in existing} if resume else {}
     if cache:
         logger.info("resuming: %d finished trials read from %s", len(cache), log.path)

@@ -91,4 +91,13 @@ def check_or_write(out: Path, manifest: dict, resume: bool, has_trials: bool) ->
         write_json_atomic(path, {**old, "config": manifest["config"]})  # a resumable change (max_failures)
 
 
-__all__ = ["build_manifest", "manifest_differences", "check_or_write", "MANIFEST_NAME"]
+def record_executor(out: Path, described: dict) -> None:
+    """Record the executor this session runs its trials on (not compared on resume: a log written by one executor
+    resumes with any other; the manifest says which ran last)."""
+    path = out / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    if manifest.get("executor") != described:
+        write_json_atomic(path, {**manifest, "executor": described})
+
+
+__all__ = ["build_manifest", "manifest_differences", "check_or_write", "record_executor", "MANIFEST_NAME"]

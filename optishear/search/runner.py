@@ -35,10 +35,12 @@ class TrialRunner:
         config: the search configuration (its plan is every trial's base).
         objective_windows: the prompts the objective is measured on (default: ``windows``).
         backend: kernels backend, resolved once (``auto`` / ``torch`` / ``triton``).
+        state: another runner's ``shared_state()`` (a remote worker's): its dense outputs and statistics are used
+            as they are instead of being computed again, so every worker measures against the same reference.
     """
 
     def __init__(self, model, windows: torch.Tensor, config: SearchConfig, *, objective_windows=None,
-                 backend: str | None = None, progress: bool = False):  # fmt: skip
+                 backend: str | None = None, progress: bool = False, state: dict | None = None):  # fmt: skip
         self.model = model
         self.windows = windows
         self.objective_windows = windows if objective_windows is None else objective_windows
@@ -52,11 +54,15 @@ class TrialRunner:
         first = next(r for refs in self.linears for r in refs)
         self.backend = choose_backend(first.module.weight, backend)
         t0 = time.perf_counter()
-        self.dense = DenseOutputs(model, self.objective_windows, batch_size=self.plan.batch_size,
-                                  objective=config.objective, progress=progress)  # fmt: skip
         self._stats: list[dict] | None = None
         self._stats_needs: frozenset[str] = frozenset()
-        if self.plan.stats == "dense":
+        if state is not None:
+            self.dense = state["dense"]
+            self._stats, self._stats_needs = state["stats"], frozenset(state["stats_needs"])
+        else:
+            self.dense = DenseOutputs(model, self.objective_windows, batch_size=self.plan.batch_size,
+                                      objective=config.objective, progress=progress)  # fmt: skip
+        if self.plan.stats == "dense" and state is None:
             self.dense_stats(method_for(self.plan).needs())
         self.setup_seconds = time.perf_counter() - t0
 
@@ -69,6 +75,13 @@ class TrialRunner:
             self._stats = walk(self.model, self.windows, self.linears, self._stats_needs,
                                batch_size=self.plan.batch_size, backend=self.backend, progress=self.progress)  # fmt: skip
         return self._stats
+
+    def shared_state(self) -> dict:
+        """What a remote runner needs to evaluate trials exactly as this one does, computed once here: the
+        windows, the dense outputs (``dense``) and the dense statistics collected so far (``stats``, with the
+        statistic names they cover). Pass it as ``TrialRunner(..., state=...)``."""
+        return {"windows": self.windows, "objective_windows": self.objective_windows, "dense": self.dense,
+                "stats": self._stats, "stats_needs": sorted(self._stats_needs)}  # fmt: skip
 
     def plan_for(self, changes: dict) -> Plan:
         """The base plan with a space's decoded changes (Plan fields; other keys, like ``target``, are ignored).
