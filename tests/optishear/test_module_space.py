@@ -92,3 +92,17 @@ def test_module_sparsity_needs_unstructured_and_matching_blocks():
               progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="module_sparsity"):
         SearchConfig(plan=Plan(module_sparsity={"attn": [0.5], "mlp": [0.5]}), space="modules").validate()
+
+
+def test_population_hashes_decline_per_module_and_update_plans():
+    """The kernels' population op knows masks at block sparsities only: a per-module or updated plan must not get a
+    uniform plan's digest (the search would answer it with the uniform plan's objective)."""
+    from optishear.search.runner import TrialRunner
+
+    runner = TrialRunner(tiny_llama(layers=2), random_windows(4, 32), _cfg("modules"))
+    base = runner.plan_for({"metric": "wanda"})
+    assert runner.population_hashes([base]) is not None
+    per_module = runner.plan_for({"metric": "wanda", "module_sparsity": {"attn": [0.4, 0.4], "mlp": [0.55, 0.55]}})
+    assert runner.population_hashes([base, per_module]) is None
+    assert runner.population_hashes([runner.plan_for({"metric": "wanda", "update": "sparsegpt"})]) is None
+    runner.close()
