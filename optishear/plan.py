@@ -131,8 +131,8 @@ class Plan:
     """What to prune, how, and from which calibration windows.
 
     Attributes:
-        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, a meta-metric spec or four indices; the
-            name also selects the pruning method (``optishear.methods``).
+        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, ``sparsegpt``, a meta-metric spec or four
+            indices; the name also selects the pruning method (``optishear.methods``).
         sparsity: target fraction in [0, 1) (unstructured).
         structure: ``"unstructured"`` or ``"N:M"`` (N kept of every M consecutive weights).
         block_sparsity: one sparsity per decoder block (overrides ``sparsity``), ``"owl"`` for OWL's
@@ -151,7 +151,7 @@ class Plan:
             MLP linears get their own sparsity (``module_kind``); overrides ``sparsity``, unstructured only.
     """
 
-    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>'")
+    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | sparsegpt | 'w:<c>*<u>,x:<c>*<u>'")
     sparsity: float = opt(0.5, type=float, help="target sparsity in [0, 1)")
     structure: str = opt("unstructured", type=str, help="unstructured, or N:M such as 2:4 (N kept of every M)")
     block_sparsity: list[float] | str | None = opt(
