@@ -12,7 +12,7 @@ from .data import CalibSpec, WindowSet, calibration_windows, eval_tokens, read_t
 from .engine import PruneResult, plan_windows, prune  # noqa: E402
 from .methods import NAMED, Metric, method_for, resolve_metric  # noqa: E402
 from .models import LinearRef, WeightSnapshot, find_blocks, load_model, model_linears  # noqa: E402
-from .objectives import DenseOutputs, perplexity, reconstruction_error  # noqa: E402
+from .objectives import DenseOutputs, perplexity, reconstruction_error, zero_shot  # noqa: E402
 from .plan import Plan, PruneConfig, parse_structure, read_block_sparsity  # noqa: E402
 from .recipe import make_recipe, recipe_plan, save_pruned  # noqa: E402
 
@@ -25,5 +25,5 @@ __all__ = [
     "window_sets", "eval_tokens", "read_text", "DenseOutputs", "perplexity", "reconstruction_error", "NAMED",
     "Metric", "method_for", "resolve_metric", "LinearRef", "WeightSnapshot", "find_blocks", "load_model",
     "model_linears", "PruneResult", "prune", "plan_windows", "make_recipe", "recipe_plan", "save_pruned", "search",
-    "SearchConfig", "SearchResult",
+    "SearchConfig", "SearchResult", "zero_shot",
 ]  # fmt: skip

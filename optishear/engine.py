@@ -101,7 +101,8 @@ def prune(
     sink = MaskSink(keep=keep_masks)
 
     def on_block(i, refs, block_stats):
-        method.prune_block(BlockJob(i, blocks[i], refs, block_stats, per_block[i], plan, backend, snapshot, sink))
+        method.prune_block(BlockJob(i, blocks[i], refs, block_stats, per_block[i], plan, backend, snapshot, sink,
+                                    plan.layer_sparsities(i, refs, len(linears))))
         logger.log(logging.INFO if progress else logging.DEBUG, "block %d/%d pruned: %s at %s", i + 1, len(linears),
                    plan.metric, plan.structure if plan.nm else f"{per_block[i]:.3f}")  # fmt: skip
 

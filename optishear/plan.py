@@ -78,6 +78,36 @@ def _render_block_sparsity(value) -> str:
     return value if isinstance(value, str) else ",".join(repr(float(v)) for v in value)
 
 
+MODULE_KINDS = ("attn", "mlp")
+
+
+def module_kind(name: str) -> str:
+    """``attn`` for a linear inside a block's attention (a name part containing ``attn`` or ``attention``:
+    ``self_attn.q_proj``, ``attn.c_attn``), ``mlp`` for every other (``mlp.down_proj``, ``fc1``)."""
+    parts = name.lower().split(".")
+    return "attn" if any("attn" in p or "attention" in p for p in parts[:-1]) else "mlp"
+
+
+def _parse_module_sparsity(text: str) -> dict:
+    """CLI form: JSON ``{"attn": [...], "mlp": [...]}`` (one value per block each), or a file holding it (or a
+    recipe with ``plan.module_sparsity``)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"module sparsity must be JSON like '{{\"attn\": [...], \"mlp\": [...]}}' or a file, "
+                             f"got {text!r}") from None  # fmt: skip
+        obj = json.loads(path.read_text())
+        if isinstance(obj, dict) and "plan" in obj:
+            obj = obj["plan"].get("module_sparsity")
+    return obj
+
+
+def _render_module_sparsity(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _parse_stats(text: str) -> str:
     if text in _STATS_ALIASES:
         logger.warning("--stats %s is now called %s", text, _STATS_ALIASES[text])
@@ -101,8 +131,8 @@ class Plan:
     """What to prune, how, and from which calibration windows.
 
     Attributes:
-        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, a meta-metric spec or four indices; the
-            name also selects the pruning method (``optishear.methods``).
+        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, ``sparsegpt``, a meta-metric spec or four
+            indices; the name also selects the pruning method (``optishear.methods``).
         sparsity: target fraction in [0, 1) (unstructured).
         structure: ``"unstructured"`` or ``"N:M"`` (N kept of every M consecutive weights).
         block_sparsity: one sparsity per decoder block (overrides ``sparsity``), ``"owl"`` for OWL's
@@ -115,9 +145,13 @@ class Plan:
         nsamples, seqlen, seed: the calibration windows.
         batch_size: calibration windows per forward. Statistics accumulate in float64, so masks do not
             depend on it (tested).
+        update: ``none``, or ``sparsegpt``: after any method's mask, SparseGPT's weight update with that mask fixed
+            (``methods.sparsegpt.SparseGPTUpdate``).
+        module_sparsity: ``{"attn": [one per block], "mlp": [one per block]}``: each block's attention linears and
+            MLP linears get their own sparsity (``module_kind``); overrides ``sparsity``, unstructured only.
     """
 
-    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>'")
+    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | sparsegpt | 'w:<c>*<u>,x:<c>*<u>'")
     sparsity: float = opt(0.5, type=float, help="target sparsity in [0, 1)")
     structure: str = opt("unstructured", type=str, help="unstructured, or N:M such as 2:4 (N kept of every M)")
     block_sparsity: list[float] | str | None = opt(
@@ -135,6 +169,12 @@ class Plan:
     seqlen: int = opt(2048, type=int, help="tokens per calibration window")
     seed: int = opt(0, type=int, help="seed of the calibration draw")
     batch_size: int = opt(8, type=int, help="calibration windows per forward")
+    update: str = opt("none", type=str, choices=("none", "sparsegpt"),
+                      help="weight update after the mask: none, or sparsegpt (OBS reconstruction with the mask fixed)")
+    module_sparsity: dict[str, list[float]] | None = opt(
+        None, parse=_parse_module_sparsity, render=_render_module_sparsity,
+        help='one sparsity per block and module kind: JSON {"attn": [...], "mlp": [...]} or a file holding it',
+    )  # fmt: skip
 
     # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -156,6 +196,18 @@ class Plan:
             else:
                 for i, s in enumerate(self.block_sparsity):
                     check_sparsity(s, f"block_sparsity[{i}]")
+        if self.module_sparsity is not None:
+            if nm is not None or self.block_sparsity is not None:
+                raise ValueError("module_sparsity applies to unstructured pruning, without block_sparsity")
+            ms = self.module_sparsity
+            if not isinstance(ms, dict) or set(ms) != set(MODULE_KINDS) or len({len(v) for v in ms.values()}) != 1:
+                raise ValueError(f"module_sparsity must be {{'attn': [...], 'mlp': [...]}} with one value per block "
+                                 f"each, got {ms!r}")  # fmt: skip
+            for kind, values in ms.items():
+                for i, v in enumerate(values):
+                    check_sparsity(v, f"module_sparsity[{kind!r}][{i}]")
+        if self.update not in ("none", "sparsegpt"):
+            raise ValueError(f"update must be none or sparsegpt, got {self.update!r}")
         if self.stats not in STATS_MODES:
             raise ValueError(f"stats must be one of {STATS_MODES}, got {self.stats!r}")
         for name in ("nsamples", "seqlen", "batch_size"):
@@ -180,6 +232,16 @@ class Plan:
                 f"block_sparsity has {len(self.block_sparsity)} values but the model has {n_blocks} decoder blocks"
             )
         return [check_sparsity(s, f"block_sparsity[{i}]") for i, s in enumerate(self.block_sparsity)]
+
+    def layer_sparsities(self, block: int, refs, n_blocks: int) -> dict[str, float] | None:
+        """Per-linear targets of block ``block`` (linear name -> sparsity) when the plan allocates per module kind."""
+        if self.module_sparsity is None:
+            return None
+        for kind, values in self.module_sparsity.items():
+            if len(values) != n_blocks:
+                raise ValueError(f"module_sparsity[{kind!r}] has {len(values)} values but the model has {n_blocks} "
+                                 "decoder blocks")  # fmt: skip
+        return {r.name: float(self.module_sparsity[module_kind(r.name)][block]) for r in refs}
 
     # -- codec -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -211,4 +273,5 @@ class Plan:
 PruneConfig = Plan  # the name of the first release
 
 
-__all__ = ["Plan", "PruneConfig", "parse_structure", "read_block_sparsity", "check_sparsity", "STATS_MODES"]
+__all__ = ["Plan", "PruneConfig", "module_kind", "MODULE_KINDS", "parse_structure", "read_block_sparsity",
+           "check_sparsity", "STATS_MODES"]  # fmt: skip

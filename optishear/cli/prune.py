@@ -37,7 +37,7 @@ def run(args) -> dict:
     model, tok = load_model(args.model, device=args.device)
     t0 = time.perf_counter()
     result = prune(model, tok, plan, progress=not args.quiet)
-    out = {"metric": plan.metric, "structure": plan.structure, "target_sparsity": plan.sparsity,
+    out = {"metric": plan.metric, "update": plan.update, "structure": plan.structure, "target_sparsity": plan.sparsity,
            "sparsity": round(result.sparsity, 6), "mask_digest": result.mask_digest,
            "prune_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     logger.info("pruned %d linears: achieved sparsity %.4f, masks %s", len(result.layer_sparsity), result.sparsity,

@@ -3,6 +3,9 @@
 | file | method | plan ``metric`` |
 |---|---|---|
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
+| ``sparsegpt.py`` | SparseGPT's mask and OBS weight update (``obs.py``) | ``sparsegpt`` |
+
+The plan's ``update`` (``sparsegpt``) wraps any method: its mask, then the OBS update with the mask fixed.
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """
@@ -11,8 +14,9 @@ from __future__ import annotations
 
 from .base import BlockJob, MaskSink, Method, mask_digest
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
+from .sparsegpt import SparseGPTMethod, SparseGPTUpdate, with_update
 
-METHODS: list[type[Method]] = [MetricMethod]
+METHODS: list[type[Method]] = [SparseGPTMethod, MetricMethod]
 
 
 def method_for(plan) -> Method:
@@ -23,10 +27,10 @@ def method_for(plan) -> Method:
     """
     for cls in METHODS:
         if cls.handles(plan.metric):
-            return cls(plan)
+            return with_update(cls(plan), getattr(plan, "update", "none"))
     resolve_metric(plan.metric)  # raises the metric's own message, with the accepted forms
     raise ValueError(f"no pruning method handles metric {plan.metric!r}")
 
 
 __all__ = ["BlockJob", "MaskSink", "Method", "mask_digest", "NAMED", "Metric", "MetricMethod", "prune_matrix",
-           "resolve_metric", "METHODS", "method_for"]  # fmt: skip
+           "resolve_metric", "METHODS", "method_for", "SparseGPTMethod", "SparseGPTUpdate"]  # fmt: skip

@@ -44,6 +44,12 @@ class MaskSink:
         if self.keep:
             self.masks[full_name] = data
 
+    def note(self, key: str, value: str) -> None:
+        """Make the digest depend on something besides the masks (a weight update applied after them), so that two
+        models with equal masks but different weights never share a digest (the search answers equal digests
+        from one evaluation). ``key`` must not be a layer name."""
+        self._digests[f"#{key}"] = value.encode()
+
     def digest(self) -> str:
         return mask_digest_of(self._digests)
 
@@ -75,6 +81,8 @@ class BlockJob:
         index: the block's position; block: the block module; refs: its linears to prune.
         stats: ``{linear name: {statistic: value}}`` as the walk collected them (None when nothing was needed).
         sparsity: the block's target sparsity (unstructured; N:M plans carry their structure in ``plan``).
+        layer_sparsity: per-linear targets (linear name -> sparsity) when the plan allocates per module; a method
+            reads a linear's target through ``sparsity_for``.
         plan: the whole plan.
         backend: the kernels backend chosen once by the engine (``torch`` / ``triton``).
         snapshot: save a layer here before changing it (the engine restores everything on error).
@@ -90,6 +98,13 @@ class BlockJob:
     backend: str
     snapshot: WeightSnapshot
     masks: MaskSink = field(default_factory=MaskSink)
+    layer_sparsity: dict[str, float] | None = None
+
+    def sparsity_for(self, ref: LinearRef) -> float:
+        """The target sparsity of linear ``ref``: its own when the plan allocates per module, else the block's."""
+        if self.layer_sparsity is not None and ref.name in self.layer_sparsity:
+            return self.layer_sparsity[ref.name]
+        return self.sparsity
 
     def stat(self, ref: LinearRef, name: str):
         if self.stats is None or name not in self.stats.get(ref.name, {}):

@@ -128,6 +128,6 @@ class MetricMethod(Method):
             x = job.stat(r, ACT_NORM) if self.metric.needs_activations else None
             packed = prune_matrix(
                 r.weight2d(), x.to(r.module.weight.device) if x is not None else None, self.metric,
-                sparsity=None if nm is not None else job.sparsity, nm=nm, backend_name=job.backend,
+                sparsity=None if nm is not None else job.sparsity_for(r), nm=nm, backend_name=job.backend,
             )  # fmt: skip
             job.masks.add(r.full_name, packed)

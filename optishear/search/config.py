@@ -9,7 +9,7 @@ from .. import codec
 from ..codec import opt
 from ..plan import Plan, check_sparsity
 
-SPACES = ("metric", "blocks", "joint", "metric-then-blocks")
+SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-modules", "metric-then-modules")
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -40,7 +40,9 @@ class SearchConfig:
             and what the space varies from (``plan.metric`` is the fixed metric of the ``blocks`` space,
             ``plan.sparsity`` the target mean sparsity, held exactly by the repair).
         space: ``metric`` (the 2,401-point meta metric), ``blocks`` (one sparsity per block, the plan's metric),
-            ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order).
+            ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order); ``modules`` (one sparsity per block
+            and module kind, attention vs MLP), ``metric-modules`` (with the metric, at once) or
+            ``metric-then-modules``.
         algorithm: ``nsga3`` (OptiShear v1) or ``nsga2`` (the paper's later version), both pymoo's.
         objective: ``kl`` (mean KL(dense || pruned) of next-token distributions, the default: on SmolLM2 it ranks
             metrics as perplexity does, where ``fro`` inverted two of three, see the README) or ``fro``
@@ -94,6 +96,8 @@ class SearchConfig:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.plan.nm is not None and self.space != "metric":
             raise ValueError("N:M fixes every block's sparsity: only --space metric applies")
+        if self.plan.module_sparsity is not None and self.space != "metric":
+            raise ValueError(f"--space {self.space} searches the sparsities: the plan must not fix module_sparsity")
         if self.plan.block_sparsity is not None and self.space != "metric":
             raise ValueError(f"--space {self.space} searches the block sparsities: the plan must not fix them")
         if self.objective not in OBJECTIVES:

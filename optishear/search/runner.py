@@ -154,7 +154,9 @@ class TrialRunner:
         metrics = [getattr(m, "metric", None) for m in methods]
         if (self.plan.stats != "dense" or self.plan.nm is not None or any(m is None or m.config is None for m in metrics)
                 or len({m.needs_activations for m in metrics}) > 1
-                or any(p.block_sparsity == "owl" for p in plans)):  # fmt: skip
+                or any(p.block_sparsity == "owl" for p in plans)
+                # the op knows masks only: not per-module targets, not a weight update after the mask
+                or any(p.module_sparsity is not None or p.update != "none" for p in plans)):  # fmt: skip
             return None
         stats = self.dense_stats(methods[0].needs())
         self.snapshot.restore()

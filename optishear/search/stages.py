@@ -35,13 +35,32 @@ def vector_stage(cfg: SearchConfig, runner, name: str, search_metric: bool, sear
     return build
 
 
+def module_stage(cfg: SearchConfig, runner, name: str, search_metric: bool) -> StageBuilder:
+    """A stage over ``ModuleSpace`` (per-block attention and MLP sparsities) with pymoo."""
+    from .module_space import ModuleSpace, kind_sizes
+
+    def build(prev: dict | None):
+        fixed = prev["metric"] if prev is not None else cfg.plan.metric
+        space = ModuleSpace(name, cfg, kind_sizes(runner.linears), search_metric, fixed)
+        opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
+                             mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
+                             seed=cfg.plan.seed)  # fmt: skip
+        return space, opt
+
+    return build
+
+
 STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
     "metric": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False)],
     "blocks": lambda cfg, runner: [vector_stage(cfg, runner, "blocks", False, True)],
     "joint": lambda cfg, runner: [vector_stage(cfg, runner, "joint", True, True)],
     "metric-then-blocks": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
                                                vector_stage(cfg, runner, "blocks", False, True)],
+    "modules": lambda cfg, runner: [module_stage(cfg, runner, "modules", False)],
+    "metric-modules": lambda cfg, runner: [module_stage(cfg, runner, "metric-modules", True)],
+    "metric-then-modules": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
+                                                module_stage(cfg, runner, "modules", False)],
 }  # fmt: skip
 
 
-__all__ = ["STAGES", "StageBuilder", "vector_stage"]
+__all__ = ["STAGES", "StageBuilder", "vector_stage", "module_stage"]

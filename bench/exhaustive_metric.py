@@ -1,0 +1,227 @@
+"""Every ranking class of the meta-metric space (318 of 2,401 points), scored on SmolLM2-135M with the search's own
+objective: the ground truth that the metric search and its proxy are measured against.
+
+    python bench/exhaustive_metric.py table --out bench/exhaustive_metric_50.jsonl [--update sparsegpt]
+    python bench/exhaustive_metric.py ppl --table bench/exhaustive_metric_50.jsonl --top 20
+    python bench/exhaustive_metric.py simulate --table bench/exhaustive_metric_50.jsonl --seeds 0 1 2 3 4
+    python bench/exhaustive_metric.py report --table bench/exhaustive_metric_50.jsonl
+
+``table``: one trial per class through the search's ``TrialRunner`` (the same windows as ``optishear search`` with
+its defaults: statistics 32 x 512 from wiki.valid.raw seed 0, dense statistics, KL on 4 x 256 prompts drawn apart),
+one JSON line per class as it finishes (resumable: classes already in the file are skipped).
+``ppl``: the ``--top`` classes by objective pruned with the same statistics and evaluated on the first 40 windows of
+512 tokens of wiki.test.raw (``<table>.ppl.jsonl``, resumable).
+``simulate``: the metric search's NSGA-III (``PymooOptimizer`` over ``VectorSpace``, the ``optishear search``
+defaults: population 20, 15 generations, eta 5) answered from the table instead of pruning: the objective of a
+class is deterministic, so this is the search's trajectory without its cost. For each optimizer seed: the number of
+distinct classes evaluated until the exhaustive optimum first appears (``<table>.sim.jsonl``).
+``report``: rank of Wanda, the optimum, the search's results and the Spearman correlation between objective and
+perplexity over the top classes (``<table>.report.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, obj: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+
+
+def classes() -> list[tuple[int, int, int, int]]:
+    from optishear_kernels import all_configs
+
+    return sorted({c.canonical().as_tuple() for c in all_configs()})
+
+
+def _config(args):
+    from optishear import Plan
+    from optishear.search import SearchConfig, search_plan_defaults
+
+    plan = Plan(**{**search_plan_defaults().to_dict(), "sparsity": args.sparsity, "structure": args.structure,
+                   "calib": str(WIKI / "wiki.valid.raw"), "update": args.update})  # fmt: skip
+    return SearchConfig(plan=plan, space="metric")
+
+
+def _runner(args):
+    from optishear.models import load_model
+    from optishear.search.driver import _window_sets
+    from optishear.search.runner import TrialRunner
+
+    cfg = _config(args)
+    model, tok = load_model()
+    sets = _window_sets(cfg, tok, model, None, None, None)
+    return TrialRunner(model, sets["statistics"].tokens, cfg, objective_windows=sets["objective"].tokens), tok
+
+
+def cmd_table(args) -> None:
+    from optishear_kernels import MetricConfig
+
+    out = Path(args.out)
+    done = {tuple(r["class"]) for r in _read(out)}
+    todo = [c for c in classes() if c not in done]
+    if args.limit:
+        todo = todo[: args.limit]
+    runner, _ = _runner(args)
+    known: dict = {}
+    t0 = time.perf_counter()
+    for i, c in enumerate(todo):
+        spec = MetricConfig(*c).spec
+        rec = runner.run(runner.plan_for({"metric": spec}), known)
+        _append(out, {"class": list(c), "metric": spec, "objective": rec["objective"], "sparsity": rec["sparsity"],
+                      "mask_hash": rec["mask_hash"], "evaluated": rec["evaluated"], "seconds": round(rec["seconds"], 3),
+                      "status": rec["status"], "error": rec["error"], "sparsity_target": args.sparsity,
+                      "structure": args.structure, "update": args.update})  # fmt: skip
+        print(f"({i + 1}/{len(todo)}) {spec}: {rec['objective']} [{time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    runner.close()
+
+
+def cmd_ppl(args) -> None:
+    from optishear.data import eval_tokens
+    from optishear.objectives import perplexity
+
+    table = [r for r in _read(Path(args.table)) if r["status"] == "ok"]
+    first = table[0]
+    args.sparsity, args.structure, args.update = first["sparsity_target"], first["structure"], first["update"]
+    out = Path(str(args.table) + ".ppl.jsonl")
+    done = {r["metric"] for r in _read(out)}
+    top = sorted(table, key=lambda r: (r["objective"], r["metric"]))[: args.top]
+    wanda = next(r for r in table if r["metric"] == "w:none*none,x:none*none")
+    if wanda not in top:
+        top.append(wanda)
+    runner, tok = _runner(args)
+    tokens = eval_tokens(str(WIKI / "wiki.test.raw"), tok)
+    for r in top:
+        if r["metric"] in done:
+            continue
+        runner.apply(runner.plan_for({"metric": r["metric"]}))
+        ppl, n = perplexity(runner.model, tokens, 512, 40, progress=False)
+        _append(out, {"metric": r["metric"], "objective": r["objective"], "ppl": ppl, "windows": n})
+        print(f"{r['metric']}: objective {r['objective']:.6f} ppl {ppl:.3f}", file=sys.stderr)
+    runner.close()
+
+
+def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int = 15, eta: float = 5.0) -> dict:
+    """The metric search's optimizer answered from ``table``; the order in which classes are first evaluated."""
+    from optishear import Plan
+    from optishear.search import SearchConfig
+    from optishear.search.optimizers import PymooOptimizer
+    from optishear.search.spaces import VectorSpace
+
+    by_class = {tuple(r["class"]): r["objective"] for r in table if r["status"] == "ok"}
+    best = min(by_class.values())
+    cfg = SearchConfig(plan=Plan(seed=seed, stats="dense"), space="metric", pop_size=pop_size, generations=generations,
+                       mutation_eta=eta)  # fmt: skip
+    space = VectorSpace("metric", cfg, [1], True, False, "wanda")
+    opt = PymooOptimizer(space, pop_size=pop_size, generations=generations, mutation_eta=eta, seed=seed)
+    order: list[tuple] = []
+    trials = 0
+    found_at = None
+    while opt.has_next():
+        X = opt.ask()
+        F = np.zeros((len(X), 1))
+        for j, x in enumerate(X):
+            c = tuple(int(v) for v in x[:4])
+            trials += 1
+            if c not in order:
+                order.append(c)
+                if found_at is None and by_class[c] == best:
+                    found_at = {"distinct": len(order), "trials": trials}
+            F[j, 0] = by_class[c]
+        opt.tell(F, np.ones(len(X), dtype=bool))
+    best_found = min(by_class[c] for c in order)
+    rank = sorted(by_class.values()).index(best_found) + 1
+    return {"seed": seed, "distinct": len(order), "trials": trials, "found_optimum": found_at,
+            "best_found": best_found, "best_found_rank": rank, "optimum": best}  # fmt: skip
+
+
+def cmd_simulate(args) -> None:
+    table = _read(Path(args.table))
+    out = Path(str(args.table) + ".sim.jsonl")
+    for s in args.seeds:
+        r = simulate(table, s, args.pop_size, args.generations, args.eta)
+        r.update(pop_size=args.pop_size, generations=args.generations, eta=args.eta)
+        _append(out, r)
+        print(json.dumps(r), file=sys.stderr)
+
+
+def spearman(a, b) -> float:
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def cmd_report(args) -> None:
+    table = [r for r in _read(Path(args.table)) if r["status"] == "ok"]
+    table.sort(key=lambda r: (r["objective"], r["metric"]))
+    rep: dict = {"classes": len(table), "distinct_masks": len({r["mask_hash"] for r in table})}
+    names = [r["metric"] for r in table]
+    rep["optimum"] = {k: table[0][k] for k in ("metric", "objective")}
+    wanda = names.index("w:none*none,x:none*none")
+    rep["wanda"] = {"rank": wanda + 1, "objective": table[wanda]["objective"]}
+    rep["top10"] = [{k: r[k] for k in ("metric", "objective")} for r in table[:10]]
+    ppl = _read(Path(str(args.table) + ".ppl.jsonl"))
+    if ppl:
+        ppl = sorted(ppl, key=lambda r: (r["objective"], r["metric"]))[: args.top]
+        rep["top_ppl"] = [{k: r[k] for k in ("metric", "objective", "ppl")} for r in ppl]
+        if len(ppl) >= 3:
+            rep["spearman_objective_vs_ppl"] = spearman([r["objective"] for r in ppl], [r["ppl"] for r in ppl])
+            rep["spearman_n"] = len(ppl)
+    sims = _read(Path(str(args.table) + ".sim.jsonl"))
+    if sims:
+        found = [s["found_optimum"]["distinct"] if s["found_optimum"] else None for s in sims]
+        rep["search"] = {"seeds": [s["seed"] for s in sims], "distinct_to_optimum": found,
+                         "median_distinct_to_optimum": float(np.median([f for f in found if f is not None]))
+                         if any(f is not None for f in found) else None,
+                         "found_in": sum(f is not None for f in found), "distinct": [s["distinct"] for s in sims],
+                         "best_found_rank": [s["best_found_rank"] for s in sims]}  # fmt: skip
+    out = Path(str(args.table) + ".report.json")
+    out.write_text(json.dumps(rep, indent=2))
+    print(json.dumps(rep, indent=2))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--out", required=True)
+    t.add_argument("--limit", type=int, default=0, help="at most this many new classes (0: all)")
+    p = sub.add_parser("ppl")
+    p.add_argument("--table", required=True)
+    p.add_argument("--top", type=int, default=20)
+    s = sub.add_parser("simulate")
+    s.add_argument("--table", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    s.add_argument("--pop-size", type=int, default=20)
+    s.add_argument("--generations", type=int, default=15)
+    s.add_argument("--eta", type=float, default=5.0)
+    r = sub.add_parser("report")
+    r.add_argument("--table", required=True)
+    r.add_argument("--top", type=int, default=20)
+    for q in (t, p):
+        q.add_argument("--sparsity", type=float, default=0.5)
+        q.add_argument("--structure", default="unstructured")
+        q.add_argument("--update", default="none", choices=("none", "sparsegpt"))
+    args = ap.parse_args(argv)
+    {"table": cmd_table, "ppl": cmd_ppl, "simulate": cmd_simulate, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

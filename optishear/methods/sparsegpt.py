@@ -1,0 +1,119 @@
+"""SparseGPT (Frantar & Alistarh, 2023): choose the mask and update the remaining weights from the layer input's
+Hessian, column by column (``obs.obs_prune``), as IST-DASLab/sparsegpt ``fasterprune`` does.
+
+``--metric sparsegpt`` prunes with SparseGPT's own mask; ``--update sparsegpt`` (``SparseGPTUpdate``) applies the
+same update after any other method's mask. Both read the walk's ``hessian`` statistic, one per distinct input (q/k/v
+share one, gate/up share one), and factor each once (``obs.cached_inverse``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+from optishear_kernels import pack_mask, unpack_mask
+
+from ..calibrate import HESSIAN
+from .base import BlockJob, MaskSink, Method
+from .obs import cached_inverse, obs_prune
+
+logger = logging.getLogger(__name__)
+
+UPDATES = ("none", "sparsegpt")
+
+
+def _write(ref, new: torch.Tensor) -> None:
+    w = ref.weight2d()
+    w.copy_(new.to(device=w.device, dtype=w.dtype))
+
+
+class SparseGPTMethod(Method):
+    """SparseGPT's mask and update (unstructured at the block's or linear's sparsity, or the plan's N:M)."""
+
+    name = "sparsegpt"
+
+    @classmethod
+    def handles(cls, metric: str) -> bool:
+        return isinstance(metric, str) and metric.strip().lower() == "sparsegpt"
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({HESSIAN})
+
+    def prune_block(self, job: BlockJob) -> None:
+        nm = self.plan.nm
+        for r in job.refs:
+            job.snapshot.save(r)
+            inv = cached_inverse(job.stat(r, HESSIAN), r.full_name)
+            w = r.weight2d()
+            new, mask = obs_prune(w, inv, sparsity=None if nm is not None else job.sparsity_for(r), nm=nm)
+            _write(r, new)
+            job.masks.add(r.full_name, pack_mask(mask))
+
+
+class SparseGPTUpdate(Method):
+    """Any method's mask, then SparseGPT's weight update with that mask fixed.
+
+    The inner method prunes the block as usual (its masks reported to a private sink); the dense weights are then
+    put back and updated by ``obs_prune(mask=...)``. Linears that share a Hessian (q/k/v, gate/up) are updated in one
+    pass over the stacked rows: with a fixed mask every row's update is independent, so this equals one pass per
+    linear. The masks reported are the inner method's; the digest also records the update.
+    """
+
+    name = "update"
+
+    def __init__(self, inner: Method):
+        super().__init__(inner.plan)
+        self.inner = inner
+        self.name = f"{inner.name}+sparsegpt"
+
+    def __getattr__(self, name):  # the inner method's own attributes (``metric`` for recipes)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def validate(self, plan) -> None:
+        self.inner.validate(plan)
+
+    def needs(self) -> frozenset[str]:
+        return frozenset(self.inner.needs()) | {HESSIAN}
+
+    def check_model(self, linears) -> None:
+        self.inner.check_model(linears)
+
+    def prune_block(self, job: BlockJob) -> None:
+        dense = {}
+        for r in job.refs:
+            job.snapshot.save(r)
+            dense[r.name] = r.weight2d().detach().clone()
+        sink = MaskSink(keep=True)
+        self.inner.prune_block(replace(job, masks=sink))
+        groups: dict[int, list] = {}
+        for r in job.refs:
+            groups.setdefault(id(job.stat(r, HESSIAN)), []).append(r)
+        for refs in groups.values():
+            inv = cached_inverse(job.stat(refs[0], HESSIAN), refs[0].full_name)
+            w = torch.cat([dense[r.name] for r in refs])
+            cols = w.shape[1]
+            mask = torch.cat([unpack_mask(sink.masks[r.full_name], cols).to(w.device) for r in refs])
+            new, _ = obs_prune(w, inv, mask=mask)
+            start = 0
+            for r in refs:
+                rows = dense[r.name].shape[0]
+                _write(r, new[start : start + rows])
+                start += rows
+        for name in sorted(sink.masks):
+            job.masks.add(name, sink.masks[name])
+        job.masks.note(f"update:{job.index}", "sparsegpt")
+
+
+def with_update(method: Method, update: str | None) -> Method:
+    """``method`` followed by the plan's weight update (``none``: as it is; SparseGPT updates already)."""
+    if update in (None, "none") or isinstance(method, SparseGPTMethod):
+        return method
+    if update == "sparsegpt":
+        return SparseGPTUpdate(method)
+    raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+
+
+__all__ = ["SparseGPTMethod", "SparseGPTUpdate", "with_update", "UPDATES"]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# acceptance prune runs for issue 12; one JSON line per run appended to runs12/prune.jsonl
+cd /work/wt/i12
+export PYTHONPATH=/work/wt/i12:/work/wt/i12/kernels
+D=../shared/data/wikitext-2-raw
+COMMON="--calib $D/wiki.valid.raw --nsamples 32 --seqlen 512 --seed 0 --eval-ppl $D/wiki.test.raw --eval-seqlen 512 --eval-windows 40 --json --quiet"
+run() {
+  name=$1; shift
+  /usr/bin/time -f "%e" -o runs12/$name.time nice -n 10 python -m optishear prune "$@" $COMMON > runs12/$name.out 2> runs12/$name.err
+  echo "{\"run\": \"$name\", \"args\": \"$*\", \"wall\": $(cat runs12/$name.time | tail -1), \"result\": $(tail -1 runs12/$name.out)}" >> runs12/prune.jsonl
+}
+for spec in "$@"; do
+  eval "run $spec"
+done
