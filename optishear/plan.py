@@ -101,8 +101,9 @@ class Plan:
     """What to prune, how, and from which calibration windows.
 
     Attributes:
-        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, a meta-metric spec or four indices; the
-            name also selects the pruning method (``optishear.methods``).
+        metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, a meta-metric spec or four indices, or a
+            symbolic metric (``pruner-zero``, ``expr:mul(W,sqrt(X))``); the name also selects the pruning method
+            (``optishear.methods``).
         sparsity: target fraction in [0, 1) (unstructured).
         structure: ``"unstructured"`` or ``"N:M"`` (N kept of every M consecutive weights).
         block_sparsity: one sparsity per decoder block (overrides ``sparsity``), ``"owl"`` for OWL's
@@ -115,9 +116,11 @@ class Plan:
         nsamples, seqlen, seed: the calibration windows.
         batch_size: calibration windows per forward. Statistics accumulate in float64, so masks do not
             depend on it (tested).
+        grad_dtype: how gradient statistics are kept (``float32`` or ``bfloat16``), for metrics that read G.
     """
 
-    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>'")
+    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>' | "
+                      "pruner-zero | 'expr:<tree over W, G, X>'")
     sparsity: float = opt(0.5, type=float, help="target sparsity in [0, 1)")
     structure: str = opt("unstructured", type=str, help="unstructured, or N:M such as 2:4 (N kept of every M)")
     block_sparsity: list[float] | str | None = opt(
@@ -135,6 +138,9 @@ class Plan:
     seqlen: int = opt(2048, type=int, help="tokens per calibration window")
     seed: int = opt(0, type=int, help="seed of the calibration draw")
     batch_size: int = opt(8, type=int, help="calibration windows per forward")
+    grad_dtype: str = opt("float32", type=str, choices=("float32", "bfloat16"),
+                          help="gradient statistics G (symbolic metrics that use G): float32, or bfloat16 (half the "
+                               "memory and cache)")  # fmt: skip
 
     # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -164,6 +170,8 @@ class Plan:
             raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.grad_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"grad_dtype must be float32 or bfloat16, got {self.grad_dtype!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -3,6 +3,7 @@
 | file | method | plan ``metric`` |
 |---|---|---|
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
+| ``expression.py`` | a symbolic metric over W, G, X through the fused kernels | ``pruner-zero``, ``expr:<tree>`` |
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """
@@ -10,9 +11,10 @@ A new method is a new file with a ``Method`` subclass, added to ``METHODS`` belo
 from __future__ import annotations
 
 from .base import BlockJob, MaskSink, Method, mask_digest
+from .expression import ExpressionMethod
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
 
-METHODS: list[type[Method]] = [MetricMethod]
+METHODS: list[type[Method]] = [MetricMethod, ExpressionMethod]
 
 
 def method_for(plan) -> Method:
