@@ -28,10 +28,11 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from optishear_kernels import all_finite
 from tqdm.auto import tqdm
 
 from ..models import LinearRef, model_identity, model_linears
@@ -50,8 +51,9 @@ class GradientStats:
     Attributes:
         per_block: per block, ``{linear name: G}`` with ``G: [out, in]`` (the ``LinearRef.weight2d`` orientation).
         key: the cache key (model identity, windows, scale, dtype); digest: a digest of every G's bytes.
-        seconds: wall time of the pass (0 when loaded); peak_bytes: peak memory during the pass (CUDA: allocated;
-            CPU: the process's peak resident set); accumulator_bytes: the float32 accumulators' size.
+        seconds: wall time of the pass (0 when loaded; ``computed_seconds`` is the time it took when it was computed,
+            as the cache records it); peak_bytes: peak memory during the pass (CUDA: allocated; CPU: the process's
+            peak resident set); accumulator_bytes: the float32 accumulators' size.
         windows: calibration windows used; loaded: read from ``path`` rather than computed.
     """
 
@@ -65,7 +67,7 @@ class GradientStats:
     windows: int = 0
     loaded: bool = False
     path: str | None = None
-    extra: dict = field(default_factory=dict)
+    computed_seconds: float = 0.0  # how long the pass took when it was computed (recorded in the cache file)
 
     def describe(self) -> dict:
         """What a run manifest records (a resume compares it)."""
@@ -125,7 +127,6 @@ def compute_gradients(model, windows: torch.Tensor, linears: list[list[LinearRef
     was_training = model.training
     acc: dict[int, torch.Tensor] = {}
     seen: dict[int, int] = {}
-    bad: dict[int, str] = {}
     by_param = {}
     for r in refs:
         by_param[id(r.module.weight)] = r
@@ -135,11 +136,12 @@ def compute_gradients(model, windows: torch.Tensor, linears: list[list[LinearRef
         torch.cuda.reset_peak_memory_stats(device)
 
     def fold(p: torch.Tensor) -> None:
+        # (g * scale)^2 added in float32, in place (no weight-sized temporaries: they cost more than the arithmetic
+        # on CPU); the same roundings as acc + (g * scale) ** 2. NaN or inf would persist in the sum: checked once.
         key = id(p)
-        t = p.grad.detach().to(torch.float32) * scale
-        if key not in bad and not bool(torch.isfinite(t).all()):
-            bad[key] = "NaN or inf"
-        acc[key].add_(t * t)
+        t = p.grad.detach()
+        t = t.mul_(scale) if t.dtype == torch.float32 else t.to(torch.float32).mul_(scale)
+        acc[key].add_(t.mul_(t))
         seen[key] = seen.get(key, 0) + 1
         p.grad = None  # folded: free it now
 
@@ -187,8 +189,9 @@ def compute_gradients(model, windows: torch.Tensor, linears: list[list[LinearRef
         key = id(r.module.weight)
         if seen.get(key, 0) == 0:
             raise ValueError(f"layer {r.full_name} received no gradient: it is not on the path of the model's loss")
-        if key in bad:
-            raise FloatingPointError(f"the gradient of layer {r.full_name} contains {bad[key]}")
+        if not all_finite(acc[key]):
+            raise FloatingPointError(f"the gradient of layer {r.full_name} contains NaN or inf (or its square "
+                                     "overflows float32)")  # fmt: skip
         g = acc[key].sqrt_()
         if not bool((g > 0).any()):
             raise ValueError(f"the gradient of layer {r.full_name} is zero on every calibration window")
@@ -196,12 +199,12 @@ def compute_gradients(model, windows: torch.Tensor, linears: list[list[LinearRef
     return out, {"seconds": seconds, "peak_bytes": int(peak), "accumulator_bytes": acc_bytes}
 
 
-def _save(path: Path, key: str, per_block, dtype: str, windows: int) -> None:
+def _save(path: Path, key: str, per_block, dtype: str, windows: int, info: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     grads = {f"{i}.{n}": t.cpu() for i, b in enumerate(per_block) for n, t in b.items()}
-    torch.save({"format": FORMAT, "key": key, "dtype": dtype, "scale": GRAD_SCALE, "windows": windows, "grads": grads},
-               tmp)  # fmt: skip
+    torch.save({"format": FORMAT, "key": key, "dtype": dtype, "scale": GRAD_SCALE, "windows": windows, "grads": grads,
+                "info": {k: float(v) for k, v in info.items()}}, tmp)  # fmt: skip
     os.replace(tmp, path)
 
 
@@ -235,21 +238,24 @@ def gradient_statistics(model, windows: torch.Tensor, *, dtype: str = "float32",
     path = Path(cache_dir) / f"gradients-{key}.pt" if cache_dir is not None else None
     device = next(model.parameters()).device
     if path is not None and path.is_file():
-        per_block, _ = _load(path, key, len(linears), device)
+        per_block, data = _load(path, key, len(linears), device)
+        info = data.get("info", {})
         stats = GradientStats(per_block, key, _digest(per_block), dtype, windows=int(windows.shape[0]), loaded=True,
-                              path=str(path))  # fmt: skip
+                              path=str(path), peak_bytes=int(info.get("peak_bytes", 0)),
+                              accumulator_bytes=int(info.get("accumulator_bytes", 0)),
+                              computed_seconds=float(info.get("seconds", 0.0)))  # fmt: skip
         logger.info("gradient statistics loaded from %s", path)
         return stats
     per_block, info = compute_gradients(model, windows, linears, progress=progress)
     if dtype != "float32":
         per_block = [{n: t.to(GRAD_DTYPES[dtype]) for n, t in b.items()} for b in per_block]
     stats = GradientStats(per_block, key, _digest(per_block), dtype, info["seconds"], info["peak_bytes"],
-                          info["accumulator_bytes"], int(windows.shape[0]),
-                          path=str(path) if path else None)  # fmt: skip
+                          info["accumulator_bytes"], int(windows.shape[0]), path=str(path) if path else None,
+                          computed_seconds=info["seconds"])  # fmt: skip
     logger.info("gradient statistics: %d windows in %.1f s, peak memory %.2f GB (accumulators %.2f GB)", stats.windows,
                 stats.seconds, stats.peak_bytes / 1e9, stats.accumulator_bytes / 1e9)  # fmt: skip
     if path is not None:
-        _save(path, key, per_block, dtype, stats.windows)
+        _save(path, key, per_block, dtype, stats.windows, info)
     return stats
 
 

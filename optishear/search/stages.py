@@ -13,6 +13,7 @@ from collections.abc import Callable
 from .config import SearchConfig
 from .optimizers import PymooOptimizer
 from .spaces import VectorSpace
+from .symbolic import symbolic_stage
 
 StageBuilder = Callable[[dict | None], tuple[object, object]]
 
@@ -41,6 +42,7 @@ STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
     "joint": lambda cfg, runner: [vector_stage(cfg, runner, "joint", True, True)],
     "metric-then-blocks": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
                                                vector_stage(cfg, runner, "blocks", False, True)],
+    "symbolic": lambda cfg, runner: [symbolic_stage(cfg, runner)],
 }  # fmt: skip
 
 
