@@ -288,11 +288,15 @@ def finalize(kind: str, s1: torch.Tensor, s2: torch.Tensor, lo: torch.Tensor, hi
             broadcast (``div``'s norm of an X-only divisor under a W or G numerator: the number of rows).
 
     Raises:
-        FloatingPointError: the argument holds NaN or inf.
+        FloatingPointError: the argument holds NaN or inf (seen in the statistics the kind uses: a NaN or an inf
+            element makes its min or max, or its sums, non-finite).
     """
-    if not bool(torch.isfinite(s1)) or not bool(torch.isfinite(s2)):
+    used = {"minmax": (lo, hi), "moments": (s1, s2), "sqsum": (s2,)}.get(kind)
+    if used is None:
+        raise ValueError(f"unknown reduction kind {kind!r}")
+    if not all(bool(torch.isfinite(t)) for t in used):
         raise FloatingPointError("NaN or inf in the argument of a whole-tensor reduction")
-    one = torch.ones((), dtype=torch.float32, device=s1.device)
+    one = torch.ones((), dtype=torch.float32, device=lo.device if kind == "minmax" else s2.device)
     if kind == "minmax":
         rng = (hi - lo).to(torch.float32)
         return [lo.to(torch.float32), torch.where(rng > 0, rng, one)]
@@ -307,10 +311,17 @@ def finalize(kind: str, s1: torch.Tensor, s2: torch.Tensor, lo: torch.Tensor, hi
     raise ValueError(f"unknown reduction kind {kind!r}")
 
 
-def tensor_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float64 sum and sum of squares, float32 min and max of a float32 tensor."""
-    v64 = v.double()
-    return v64.sum(), v64.square().sum(), v.amin(), v.amax()
+def tensor_stats(v: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 sum and sum of squares, float32 min and max of a float32 tensor: the ones reduction ``kind`` uses
+    (the others are 0), in as few passes as torch allows."""
+    zero = torch.zeros((), dtype=torch.float64, device=v.device)
+    if kind == "minmax":
+        lo, hi = torch.aminmax(v)
+        return zero, zero, lo, hi
+    v64 = v.reshape(-1).to(torch.float64)
+    s2 = torch.dot(v64, v64)
+    s1 = v64.sum() if kind == "moments" else zero
+    return s1, s2, zero.float(), zero.float()
 
 
 def _f64(fn, a: torch.Tensor) -> torch.Tensor:
@@ -345,7 +356,7 @@ class TorchEvaluator:
         key = (kind, node, broadcast)
         if key not in self.params:
             v = self.full(node, self(node))
-            s1, s2, lo, hi = tensor_stats(v)
+            s1, s2, lo, hi = tensor_stats(v, kind)
             try:
                 self.params[key] = finalize(kind, s1, s2, lo, hi, v.numel(), self.shape[0] if broadcast else 1)
             except FloatingPointError as err:

@@ -28,8 +28,12 @@ NM_RANK_TILE = 4096  # BLOCK_G * MP * MP: the pairwise-rank tile of the N:M kern
 NM_WARPS = 4
 SWEEP_BLOCK_R, SWEEP_BLOCK_C = 64, 128  # column-owning sweeps over rows: column sums, act-norm
 SWEEP_WARPS = 4
-SYM_LONG_CHUNK = 2048  # symbolic long rows: the row on chip as chunks of this many keys (4 per thread at 16 warps)
-SYM_LONG_WARPS = 16
+SYM_LONG_CHUNK = 2048  # symbolic long rows: the row on chip as chunks of this many keys
+# Warps of the symbolic long-row kernel. Its keys take 14336 / threads registers per thread, and the X chunks it keeps
+# for its rows as many again. At 16 warps (128 registers at most) at 14336 columns on sm_80, trees over X spilled 16
+# bytes and float64 transcendentals 16-32; at 8 warps (255 at most) neither spills (bench/RESULTS.md). 32 warps (64
+# at most) spilled 160.
+SYM_LONG_WARPS = 8
 SYM_LONG_ROWS = 8  # rows per program sharing the X chunks: X costs 4 / 8 bytes per weight
 SYM_REDUCE_R, SYM_REDUCE_C = 32, 128  # symbolic pre-pass tiles
 SYM_REDUCE_WARPS = 4

@@ -107,11 +107,27 @@ def _validate_symbolic(w, g, x_sq, tree: Expr, sparsity, nm, want_weight, want_m
             raise ValueError(f"{name} ({what}) must have shape {list(shape)}, got {tuple(getattr(t, 'shape', ()))}")
         if t.dtype not in _W_DTYPES:
             raise ValueError(f"{name} ({what}) must be float32, bfloat16 or float16, got {t.dtype}")
-        if not all_finite(t):
+        lo, hi = torch.aminmax(t)  # one pass: NaN propagates, inf shows at an end
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise ValueError(f"{name} ({what}) contains NaN or inf")
-        if bool((t < 0).any()):
+        if bool(lo < 0):
             raise ValueError(f"{name} ({what}) must be >= 0")
-    return _validate(w, torch.zeros(cols, device=w.device), sparsity, nm, want_weight, want_mask)
+    if w.dtype not in _W_DTYPES:
+        raise ValueError(f"w must be float32, bfloat16 or float16, got {w.dtype}")
+    if not all_finite(w):
+        raise ValueError("w contains NaN or inf")
+    if not (want_weight or want_mask):
+        raise ValueError("ask for at least one of write_weight / write_mask")
+    if (sparsity is None) == (nm is None):
+        raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
+    if nm is not None:
+        n, m = nm
+        if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n < m:
+            raise ValueError(f"N:M needs integers 0 <= N < M, got {n}:{m}")
+        if cols % m:
+            raise ValueError(f"N:M {n}:{m} needs the columns ({cols}) to be a multiple of M={m}")
+        return None
+    return _k(cols, sparsity)
 
 
 def _raise_nonfinite(tree: Expr, bad_rows: torch.Tensor) -> None:
