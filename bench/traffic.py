@@ -168,7 +168,7 @@ def measure(rows: int, cols: int, dtype: torch.dtype, sparsity: float = 0.5, met
     return out
 
 
-SYMBOLIC_TREES = ("mul(W,sqrt(mms(G)))", "mul(W,sqrt(X))", "add(div(X,W),zsn(mul(G,W)))")  # Pruner-Zero's, Wanda's, a mix
+SYMBOLIC_TREES = ("mul(W,sqrt(mms(G)))", "mul(W,sqrt(X))", "add(div(X,W),zsn(mul(G,W)))")  # Pruner-Zero, Wanda, a mix
 
 
 def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dtype, tree: str,
