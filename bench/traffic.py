@@ -7,6 +7,7 @@ tensor each aten op reads and writes (views are free). Both are reported per wei
 a fused prune needs: read W and the statistics once, write the output once.
 
     TRITON_INTERPRET=1 python bench/traffic.py            # writes the Markdown table to stdout
+    TRITON_INTERPRET=1 python bench/traffic.py --symbolic # the symbolic-metric kernels' table
 """
 
 from __future__ import annotations
@@ -167,7 +168,96 @@ def measure(rows: int, cols: int, dtype: torch.dtype, sparsity: float = 0.5, met
     return out
 
 
+SYMBOLIC_TREES = ("mul(W,sqrt(mms(G)))", "mul(W,sqrt(X))", "add(div(X,W),zsn(mul(G,W)))")  # Pruner-Zero, Wanda, a mix
+
+
+def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dtype, tree: str,
+                     sparsity: float = 0.5) -> list[dict]:  # fmt: skip
+    """Bytes per weight of the symbolic prune (its pre-pass levels counted apart) against the tree evaluated op by op
+    in torch with Wanda's sort-based selection. Minimum: read W, G (if the tree reads it) and X (if it does) once, write
+    the output once."""
+    from optishear_kernels import parse_expr
+    from optishear_kernels.expr import TorchEvaluator, expr_score
+    from optishear_kernels.prune_symbolic import sym_prune_triton, sym_reduce_triton
+    from optishear_kernels.symbolic import compile_expr
+
+    t = parse_expr(tree)
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(rows, cols, generator=gen).to(dtype)
+    g = (torch.rand(rows, cols, generator=gen) + 0.01).to(g_dtype)
+    x = torch.rand(cols, generator=gen)
+    n, es = rows * cols, w.element_size()
+    reads = n * es + (n * g.element_size() if t.uses_g else 0) + (cols * 4 if t.uses_x else 0)
+    minimum = {"weight": reads + n * es, "mask": reads + (n + 7) // 8}
+    out = []
+
+    def row(name, total, unique, kind):
+        dtypes = f"W {str(dtype)[6:]}, G {str(g_dtype)[6:]}"
+        out.append({"pipeline": name, "shape": f"{rows}x{cols}", "dtype": dtypes,
+                    "bytes_per_weight": total / n, "unique_bytes_per_weight": unique / n if unique else None,
+                    "minimum_per_weight": minimum[kind] / n, "ratio": total / minimum[kind],
+                    "unique_ratio": unique / minimum[kind] if unique else None})  # fmt: skip
+
+    prog = compile_expr(t)
+    r = torch.zeros(max(prog.n_slots, 1))
+    host = TorchEvaluator(None, None, x if t.uses_x else None, shape=(rows, cols))
+    for red in prog.reductions:
+        if red.stage == 0:
+            params = host.reduction(red.kind, red.node, red.broadcast)
+            r[red.slot : red.slot + len(params)] = torch.stack(params)
+    gg, xx = (g if t.uses_g else None), (x if t.uses_x else None)
+    with count_triton() as pre:
+        for stage in range(1, prog.n_stages + 1):
+            sym_reduce_triton(prog, stage, w, gg, xx, r)
+    for kind in ("weight", "mask"):
+        ww = w.clone()
+        dummy = torch.empty(1)
+        out_w = ww if kind == "weight" else dummy
+        packed = torch.empty(rows, (cols + 7) // 8, dtype=torch.uint8) if kind == "mask" else dummy
+        with count_triton() as c:  # the prune kernel alone (the pre-pass filled r above)
+            sym_prune_triton(prog, ww, gg, xx, r, out_w, packed, k=int(cols * sparsity), nm=None,
+                             write_w=kind == "weight", write_mask=kind == "mask")  # fmt: skip
+        label = "fused, in place" if kind == "weight" else "fused, bit-packed mask"
+        row(f"{label} ({tree})", c.total, c.unique_total, kind)
+    if prog.n_stages:
+        row(f"  its pre-pass ({prog.n_stages} level{'s' if prog.n_stages > 1 else ''})", pre.total, pre.unique_total,
+            "mask")  # fmt: skip
+    w_copy = w.clone()
+    with CountTorch() as ct:
+        score = expr_score(w_copy, gg, xx, t)
+        idx = torch.sort(score, dim=-1, stable=True)[1][:, : int(cols * sparsity)]
+        mask = torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
+        w_copy[mask] = 0
+    row(f"unfused torch ({tree}, op by op, stable sort)", ct.total, None, "weight")
+    return out
+
+
+def _print(rows_: list[dict]) -> None:
+    for r in rows_:
+        u = f"{r['unique_bytes_per_weight']:.3f}" if r["unique_bytes_per_weight"] is not None else "-"
+        ur = f"{r['unique_ratio']:.3f}" if r["unique_ratio"] is not None else "-"
+        print(f"| {r['pipeline']} | {r['shape']} | {r['dtype']} | {r['bytes_per_weight']:.3f} | {u} | "
+              f"{r['minimum_per_weight']:.3f} | {r['ratio']:.3f} | {ur} |", flush=True)  # fmt: skip
+
+
+def main_symbolic() -> None:
+    """The symbolic kernels' table: rows of 4096 columns, and the long rows (11008, 14336) held on chip."""
+    print("| pipeline | shape (rows sampled) | dtypes | bytes/weight | distinct bytes/weight | minimum | ratio | "
+          "distinct ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for rows, cols in ((64, 4096), (16, 11008), (16, 14336)):
+        for dtype, g_dtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                               (torch.bfloat16, torch.float32)):  # fmt: skip
+            for tree in SYMBOLIC_TREES:
+                _print(measure_symbolic(rows, cols, dtype, g_dtype, tree))
+
+
 def main() -> None:
+    import sys
+
+    if "--symbolic" in sys.argv:
+        main_symbolic()
+        return
     shapes = [(128, 4096), (64, 11008)]
     print("| pipeline | shape (rows sampled) | dtype | bytes/weight | distinct bytes/weight | minimum | ratio | "
           "distinct ratio |")  # fmt: skip

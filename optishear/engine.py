@@ -3,6 +3,10 @@
     plan -> method (what it needs) -> calibration windows -> the walk (statistics, sequential or dense)
          -> method.prune_block per block -> PruneResult (achieved sparsity, mask digest)
 
+Gradient statistics (``GRADIENT``) are not collected by the walk: when a method declares them, the engine runs the
+backward pass (``calibrate.gradients``, cached on disk) on the dense model first and adds G to every linear's
+statistics.
+
 The backend of the kernels is chosen here, once, and passed down to the walk and the method.
 """
 
@@ -16,7 +20,7 @@ import torch
 from optishear_kernels import choose_backend
 
 from .allocation import outlier_ratios, owl_block_sparsity
-from .calibrate import ACT_NORM, walk
+from .calibrate import ACT_NORM, GRADIENT, GradientStats, gradient_statistics, merge_gradients, walk
 from .data import CalibSpec, calibration_windows
 from .methods import BlockJob, MaskSink, method_for
 from .models import WeightSnapshot, find_blocks, model_linears
@@ -36,6 +40,7 @@ class PruneResult:
         mask_digest: a digest of every layer's mask (compare two runs without their perplexities).
         masks: bit-packed pruned masks per linear (uint8 [out, ceil(in/8)]), when asked for.
         seconds: wall time of the pruning.
+        gradient_seconds: wall time of the gradient pass (0 when none ran, or it was loaded from the cache).
     """
 
     layer_sparsity: dict[str, float]
@@ -44,6 +49,7 @@ class PruneResult:
     mask_digest: str = ""
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    gradient_seconds: float = 0.0
 
 
 def plan_windows(plan: Plan, tokenizer, model) -> torch.Tensor:
@@ -63,6 +69,8 @@ def prune(
     backend: str | None = None,
     snapshot: WeightSnapshot | None = None,
     progress: bool = True,
+    gradients: GradientStats | None = None,
+    grad_cache=None,
     **overrides,
 ) -> PruneResult:
     """Prune ``model`` in place.
@@ -78,6 +86,9 @@ def prune(
         snapshot: a ``WeightSnapshot`` that already holds the weights as they are now (the search keeps the
             dense ones): the restore on error uses it instead of copying every weight again.
         progress: show progress bars.
+        gradients: precomputed gradient statistics of the dense model (the search's); otherwise, when the method
+            reads G, they are computed (or loaded) from the calibration windows.
+        grad_cache: directory of the gradient cache (default ``$OPTISHEAR_CACHE/gradients``; False: no cache).
 
     Returns:
         A ``PruneResult``. On any error the model's weights are restored and the error re-raised,
@@ -94,24 +105,47 @@ def prune(
     first = next(r for refs in linears for r in refs)
     backend = choose_backend(first.module.weight, backend)
     needs = method.needs()
+    walk_needs = frozenset(needs) - {GRADIENT}
     _, blocks = find_blocks(model)
 
     t0 = time.perf_counter()
     snapshot = snapshot if snapshot is not None else WeightSnapshot()
     sink = MaskSink(keep=keep_masks)
 
+    grads = None
+
     def on_block(i, refs, block_stats):
+        if grads is not None:
+            block_stats = merge_gradients(block_stats, refs, grads, GRADIENT)
         method.prune_block(BlockJob(i, blocks[i], refs, block_stats, per_block[i], plan, backend, snapshot, sink,
                                     plan.layer_sparsities(i, refs, len(linears))))
         logger.log(logging.INFO if progress else logging.DEBUG, "block %d/%d pruned: %s at %s", i + 1, len(linears),
                    plan.metric, plan.structure if plan.nm else f"{per_block[i]:.3f}")  # fmt: skip
 
     def collect(what):
+        what = frozenset(what) - {GRADIENT}
+        if not what:
+            return [{} for _ in linears]
         return walk(model, windows, linears, what, batch_size=plan.batch_size, backend=backend, progress=progress)
 
     try:
-        if (needs or per_block is None) and windows is None and stats is None:
+        stats_have_grads = stats is not None and all(GRADIENT in stats[i].get(r.name, {}) for i, refs in
+                                                     enumerate(linears) for r in refs[:1])  # fmt: skip
+        need_windows = (needs or per_block is None) and stats is None
+        need_windows = need_windows or (GRADIENT in needs and not stats_have_grads and gradients is None)
+        if need_windows and windows is None:
             windows = plan_windows(plan, tokenizer, model)
+        if GRADIENT in needs and not stats_have_grads:
+            if gradients is None:
+                from .models.loading import cache_dir
+
+                cache = None if grad_cache is False else (grad_cache or cache_dir() / "gradients")
+                gradients = gradient_statistics(model, windows, dtype=plan.grad_dtype, cache_dir=cache,
+                                                progress=progress)  # fmt: skip
+            if gradients.dtype != plan.grad_dtype:
+                raise ValueError(f"the given gradient statistics are {gradients.dtype}, the plan asks for "
+                                 f"{plan.grad_dtype}")  # fmt: skip
+            grads = gradients
         if per_block is None:  # OWL: outlier ratios from dense statistics
             owl_stats = stats if stats is not None else collect({ACT_NORM} | set(needs))
             per_block = owl_block_sparsity(outlier_ratios(linears, owl_stats, plan.owl_m), plan.sparsity,
@@ -124,16 +158,17 @@ def prune(
                 on_block(i, refs, None)
         elif stats is not None:
             for i, refs in enumerate(linears):
-                missing = [n for n in needs for r in refs[:1] if n not in stats[i].get(r.name, {})]
+                missing = [n for n in needs for r in refs[:1] if n not in stats[i].get(r.name, {})
+                           and not (n == GRADIENT and grads is not None)]  # fmt: skip
                 if missing:
                     raise ValueError(f"the given statistics of block {i} lack {missing}, which {method.name} needs")
                 on_block(i, refs, stats[i])
-        elif plan.stats == "dense":
-            for i, (refs, block_stats) in enumerate(zip(linears, collect(needs))):
+        elif plan.stats == "dense" or not walk_needs:  # gradients alone: nothing to walk for
+            for i, (refs, block_stats) in enumerate(zip(linears, collect(walk_needs))):
                 on_block(i, refs, block_stats)
         else:
-            walk(model, windows, linears, needs, on_block, batch_size=plan.batch_size, backend=backend, keep=False,
-                 progress=progress)  # fmt: skip
+            walk(model, windows, linears, walk_needs, on_block, batch_size=plan.batch_size, backend=backend,
+                 keep=False, progress=progress)  # fmt: skip
     except BaseException:
         snapshot.restore()
         raise
@@ -147,7 +182,7 @@ def prune(
             zeros += z
             total += w.numel()
     return PruneResult(layer_sparsity, per_block, zeros / total, sink.digest(), sink.masks,
-                       time.perf_counter() - t0)  # fmt: skip
+                       time.perf_counter() - t0, grads.seconds if grads is not None else 0.0)  # fmt: skip
 
 
 __all__ = ["PruneResult", "prune", "plan_windows"]

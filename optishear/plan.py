@@ -132,7 +132,8 @@ class Plan:
 
     Attributes:
         metric: ``wanda``, ``magnitude``, ``magnitude-row``, ``ria``, ``sparsegpt``, a meta-metric spec or four
-            indices; the name also selects the pruning method (``optishear.methods``).
+            indices, or a symbolic metric (``pruner-zero``, ``expr:mul(W,sqrt(X))``); the name also selects the
+            pruning method (``optishear.methods``).
         sparsity: target fraction in [0, 1) (unstructured).
         structure: ``"unstructured"`` or ``"N:M"`` (N kept of every M consecutive weights).
         block_sparsity: one sparsity per decoder block (overrides ``sparsity``), ``"owl"`` for OWL's
@@ -149,9 +150,11 @@ class Plan:
             (``methods.sparsegpt.SparseGPTUpdate``).
         module_sparsity: ``{"attn": [one per block], "mlp": [one per block]}``: each block's attention linears and
             MLP linears get their own sparsity (``module_kind``); overrides ``sparsity``, unstructured only.
+        grad_dtype: how gradient statistics are kept (``float32`` or ``bfloat16``), for metrics that read G.
     """
 
-    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | sparsegpt | 'w:<c>*<u>,x:<c>*<u>'")
+    metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | sparsegpt | "
+                      "'w:<c>*<u>,x:<c>*<u>' | pruner-zero | 'expr:<tree over W, G, X>'")
     sparsity: float = opt(0.5, type=float, help="target sparsity in [0, 1)")
     structure: str = opt("unstructured", type=str, help="unstructured, or N:M such as 2:4 (N kept of every M)")
     block_sparsity: list[float] | str | None = opt(
@@ -175,6 +178,9 @@ class Plan:
         None, parse=_parse_module_sparsity, render=_render_module_sparsity,
         help='one sparsity per block and module kind: JSON {"attn": [...], "mlp": [...]} or a file holding it',
     )  # fmt: skip
+    grad_dtype: str = opt("float32", type=str, choices=("float32", "bfloat16"),
+                          help="gradient statistics G (symbolic metrics that use G): float32, or bfloat16 (half the "
+                               "memory and cache)")  # fmt: skip
 
     # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -216,6 +222,8 @@ class Plan:
             raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.grad_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"grad_dtype must be float32 or bfloat16, got {self.grad_dtype!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -6,6 +6,9 @@ Imports torch, and triton when it is installed; never ``optishear``. The import 
 
 from .act_norm import ActNorm, act_norm_update
 from .backend import choose as choose_backend
+from .canonical import canonical
+from .expr import PRUNER_ZERO, Expr, expr_score, from_pruner_zero, looks_like_expr
+from .expr import parse as parse_expr
 from .metric import (
     COEFFICIENT_NAMES,
     COEFFICIENTS,
@@ -26,6 +29,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COEFFICIENTS",
+    "PRUNER_ZERO",
+    "Expr",
+    "canonical",
+    "expr_score",
+    "from_pruner_zero",
+    "looks_like_expr",
+    "parse_expr",
     "COEFFICIENT_NAMES",
     "RIA",
     "TRANSFORMS",

@@ -29,6 +29,7 @@ class Variant:
     name: str
     run: L.Launch
     dtype: str
+    g_dtype: str = "fp32"  # the gradient statistic's dtype (symbolic kernels)
 
     @property
     def kernel(self) -> str:
@@ -36,7 +37,7 @@ class Variant:
 
     @property
     def signature(self) -> dict:
-        return self.run.spec.signature(self.dtype)
+        return self.run.spec.signature(self.dtype, self.g_dtype)
 
     @property
     def constexprs(self) -> dict:
@@ -84,7 +85,59 @@ def variants() -> list[Variant]:
         Variant("col sums fp32", L.col_sum(rows, 4096), "fp32"),
         Variant("act-norm bf16", L.act_norm(2048, 4096), "bf16"),
         Variant("act-norm fp32", L.act_norm(2048, 11008), "fp32"),
-    ]
+    ] + symbolic_variants()
+
+
+# Representative symbolic metrics for the compile report (``symbolic_variants``): the published Pruner-Zero metric in
+# its canonical form (a pre-pass min/max over G), a mix of X, G, a norm and a z-score (two reductions in one pre-pass
+# level), and one with float64 transcendentals (libdevice's exp and log, our tanh).
+SYMBOLIC_TREES = {"pruner-zero": "mul(W,sqrt(mms(G)))", "mix": "add(div(X,W),zsn(mul(G,W)))",
+                  "transcendental": "tanh(sub(log(W),exp(G)))"}  # fmt: skip
+
+
+def symbolic_variants() -> list[Variant]:
+    """The symbolic kernels with generated scoring functions for ``SYMBOLIC_TREES`` (empty without triton)."""
+    from ._triton import triton
+
+    if triton is None:
+        return []
+    from .symbolic import compile_expr
+
+    rows, out = LLAMA2_7B_ROWS, []
+    progs = {name: compile_expr(text) for name, text in SYMBOLIC_TREES.items()}
+
+    def flags(p, ww, wm):
+        return dict(has_g=p.expr.uses_g, has_x=p.expr.uses_x, write_w=ww, write_mask=wm)
+
+    def row(name, dtype, g_dtype, cols, ww, wm):
+        p = progs[name]
+        run = L.sym_row_prune(rows, cols, p.score, **flags(p, ww, wm))
+        out.append(Variant(f"sym row {dtype}/G {g_dtype} cols<={run.constexprs['BLOCK']} {name} w{int(ww)}m{int(wm)}",
+                           run, dtype, g_dtype))  # fmt: skip
+
+    def long_row(name, dtype, g_dtype, cols, ww, wm):
+        p = progs[name]
+        run = L.sym_long_row_prune(rows, cols, p.score, **flags(p, ww, wm))
+        out.append(Variant(f"sym long row {dtype}/G {g_dtype} cols={cols} {name} w{int(ww)}m{int(wm)}", run, dtype,
+                           g_dtype))  # fmt: skip
+
+    row("pruner-zero", "fp32", "fp32", 4096, True, False)
+    row("mix", "bf16", "bf16", 4096, True, True)
+    row("transcendental", "fp16", "fp32", 4096, False, True)
+    long_row("pruner-zero", "fp32", "fp32", 11008, True, False)
+    long_row("pruner-zero", "bf16", "bf16", 14336, True, True)
+    long_row("mix", "bf16", "fp32", 14336, True, True)
+    long_row("transcendental", "fp32", "fp32", 11008, False, True)
+    p = progs["mix"]
+    out.append(Variant("sym nm 2:4 bf16/G bf16 mix", L.sym_nm_prune(rows, 4096, 2, 4, p.score, **flags(p, True, True)),
+                       "bf16", "bf16"))  # fmt: skip
+    p = progs["transcendental"]
+    out.append(Variant("sym nm 2:4 fp32/G fp32 transcendental",
+                       L.sym_nm_prune(rows, 4096, 2, 4, p.score, **flags(p, True, True)), "fp32", "fp32"))  # fmt: skip
+    p = progs["mix"]
+    out.append(Variant("sym pre-pass bf16/G bf16 mix (2 reductions)",
+                       L.sym_reduce(rows, 4096, p.stages[0], len(p.stage_members[0]), True, True), "bf16", "bf16"))
+    return out
 
 
 def cubin_resources(cubin: bytes, arch: int) -> dict:
@@ -113,7 +166,7 @@ def compile_variant(v: Variant, arch: int) -> dict:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("AOT compilation needs the real compiler: run without TRITON_INTERPRET=1")
     src = ASTSource(v.run.spec.kernel(), v.signature, v.constexprs)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": v.num_warps})
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=v.run.compile_options())
     rep = cubin_resources(k.asm["cubin"], arch)
     rep["shared_bytes"] = max(rep["shared_bytes"], k.metadata.shared)  # dynamic shared memory counts too
     rep["approx_ops"] = approx_ops(k.asm["ptx"])

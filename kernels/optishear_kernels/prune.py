@@ -2,8 +2,9 @@
 
 Contract (both backends):
     w: [out, in] float32 | bfloat16 | float16, finite.
-    x_sq: [in] float (mean of x^2 per input channel), finite and >= 0.
-    metric: a ``MetricConfig`` (any of the 2,401 points, or RIA's coefficient).
+    x_sq: [in] float (mean of x^2 per input channel), finite and >= 0 (None for a symbolic metric without X).
+    metric: a ``MetricConfig`` (any of the 2,401 points, or RIA's coefficient), or a symbolic metric (an ``Expr``
+        or its text, ``expr.py``); then ``g``: [out, in] gradient statistic, finite and >= 0, when the tree uses G.
     Unstructured: exactly ``int(in * sparsity)`` weights pruned in every row.
     N:M (``nm=(n, m)``, 0 <= n < m <= 32, ``in % m == 0``): ``m - n`` pruned in every m consecutive columns.
     Tie rule: ascending (score, column), see ``select``.
@@ -24,12 +25,14 @@ from typing import NamedTuple
 import torch
 
 from . import backend
+from .expr import Expr, TorchEvaluator, expr_score, looks_like_expr, parse
 from .launch import LONG_ROW, MAX_M
 from .metric import FLT_MIN, MetricConfig, _recip, all_finite, meta_score, w_coef_operands, x_part
 from .prune_long_row import long_row_prune_triton
 from .prune_nm import nm_prune_triton
 from .prune_population import population_triton
 from .prune_row import row_prune_triton
+from .prune_symbolic import sym_prune_triton, sym_reduce_triton
 from .select import nm_mask, pack_mask, row_topk_mask
 from .w_stats import w_stats_triton
 
@@ -89,9 +92,113 @@ def _workspace(shape, device) -> torch.Tensor:
     return buf[:numel].view(shape)
 
 
+def _validate_symbolic(w, g, x_sq, tree: Expr, sparsity, nm, want_weight, want_mask):
+    """``_validate`` for a symbolic metric: G and X are checked only when the tree uses them."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError(f"w must be a 2-D tensor [out, in], got {getattr(w, 'shape', type(w))}")
+    cols = w.shape[1]
+    for name, t, uses, shape in (("g", g, tree.uses_g, tuple(w.shape)), ("x_sq", x_sq, tree.uses_x, (cols,))):
+        if not uses:
+            continue
+        what = "gradient statistics" if name == "g" else "activation statistics"
+        if t is None:
+            raise ValueError(f"metric {tree.text} uses {name[0].upper()} but no {what} ({name}) were given")
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f"{name} ({what}) must have shape {list(shape)}, got {tuple(getattr(t, 'shape', ()))}")
+        if t.dtype not in _W_DTYPES:
+            raise ValueError(f"{name} ({what}) must be float32, bfloat16 or float16, got {t.dtype}")
+        lo, hi = torch.aminmax(t)  # one pass: NaN propagates, inf shows at an end
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} ({what}) contains NaN or inf")
+        if bool(lo < 0):
+            raise ValueError(f"{name} ({what}) must be >= 0")
+    if w.dtype not in _W_DTYPES:
+        raise ValueError(f"w must be float32, bfloat16 or float16, got {w.dtype}")
+    if not all_finite(w):
+        raise ValueError("w contains NaN or inf")
+    if not (want_weight or want_mask):
+        raise ValueError("ask for at least one of write_weight / write_mask")
+    if (sparsity is None) == (nm is None):
+        raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
+    if nm is not None:
+        n, m = nm
+        if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n < m:
+            raise ValueError(f"N:M needs integers 0 <= N < M, got {n}:{m}")
+        if cols % m:
+            raise ValueError(f"N:M {n}:{m} needs the columns ({cols}) to be a multiple of M={m}")
+        return None
+    return _k(cols, sparsity)
+
+
+def _raise_nonfinite(tree: Expr, bad_rows: torch.Tensor) -> None:
+    rows = torch.nonzero(bad_rows).flatten()
+    raise FloatingPointError(f"metric {tree.text} gives NaN or infinite scores in {rows.numel()} row(s) "
+                             f"(first: row {int(rows[0])})")  # fmt: skip
+
+
+def symbolic_prune_torch(w, g, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
+                         inplace=False):  # fmt: skip
+    """Twin of the symbolic ``fused_prune``: ``expr_score`` + ``select``. Raises before writing anything."""
+    tree = parse(metric)
+    k = _validate_symbolic(w, g, x_sq, tree, sparsity, nm, write_weight, write_mask)
+    score = expr_score(w, g if tree.uses_g else None, x_sq if tree.uses_x else None, tree,
+                       out=_workspace(w.shape, w.device))  # fmt: skip
+    if not all_finite(score):
+        _raise_nonfinite(tree, ~torch.isfinite(score).all(dim=1))
+    mask = row_topk_mask(score, k) if nm is None else nm_mask(score, nm[0], nm[1])
+    weight = None
+    if write_weight:
+        weight = w.masked_fill_(mask, 0) if inplace else w.masked_fill(mask, 0)
+    return PruneOutput(weight, pack_mask(mask) if write_mask else None)
+
+
+def symbolic_prune_triton(w, g, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
+                          inplace=False):  # fmt: skip
+    """Triton launcher of the symbolic ``fused_prune``: host reductions over X, the pre-pass levels over W and G, then
+    the row, long-row or N:M kernel with the generated scoring function."""
+    from .symbolic import compile_expr
+
+    tree = parse(metric)
+    k = _validate_symbolic(w, g, x_sq, tree, sparsity, nm, write_weight, write_mask)
+    rows, cols = w.shape
+    if nm is not None and nm[1] > MAX_M:
+        raise ValueError(f"the Triton N:M path supports M <= {MAX_M}, got M={nm[1]}")
+    prog = compile_expr(tree)
+    target = w
+    w = w if w.stride(1) == 1 else w.contiguous()
+    g = (g if g.stride(1) == 1 else g.contiguous()).to(w.device) if tree.uses_g else None
+    x = x_sq.to(w.device, torch.float32).contiguous() if tree.uses_x else None
+    r = torch.zeros(max(prog.n_slots, 1), dtype=torch.float32, device=w.device)
+    host = TorchEvaluator(None, None, x, shape=tuple(w.shape))  # X-only reductions: the twin's own code
+    for red in prog.reductions:
+        if red.stage == 0:
+            params = host.reduction(red.kind, red.node, red.broadcast)
+            r[red.slot : red.slot + len(params)] = torch.stack(params).to(r.device)
+    for stage in range(1, prog.n_stages + 1):
+        sym_reduce_triton(prog, stage, w, g, x, r)
+    dummy = torch.empty(1, dtype=torch.float32, device=w.device)
+    out = (w if inplace else w.clone()) if write_weight else dummy
+    if nm is None:
+        packed = torch.empty(rows, (cols + 7) // 8, dtype=torch.uint8, device=w.device) if write_mask else dummy
+    else:
+        packed = torch.zeros(rows, (cols + 31) // 32, dtype=torch.int32, device=w.device) if write_mask else dummy
+    bad = sym_prune_triton(prog, w, g, x, r, out, packed, k=k, nm=nm, write_w=write_weight, write_mask=write_mask)
+    if bool(bad.any()):
+        _raise_nonfinite(tree, bad)
+    if write_mask and nm is not None:  # little-endian int32 words are exactly the packed bytes
+        packed = packed.view(torch.uint8)[:, : (cols + 7) // 8].contiguous()
+    if write_weight and inplace and out is not target:
+        target.copy_(out)
+        out = target
+    return PruneOutput(out if write_weight else None, packed if write_mask else None)
+
+
 def fused_prune_torch(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
-                      inplace=False):
+                      inplace=False, g=None):  # fmt: skip
     """Twin of ``fused_prune`` (the CPU path and the test oracle)."""
+    if looks_like_expr(metric):
+        return symbolic_prune_torch(w, g, x_sq, metric, sparsity=sparsity, nm=nm, write_weight=write_weight,
+                                    write_mask=write_mask, inplace=inplace)  # fmt: skip
     cfg = MetricConfig.parse(metric)
     k = _validate(w, x_sq, sparsity, nm, write_weight, write_mask)
     score = meta_score(w, x_sq, cfg, out=_workspace(w.shape, w.device))
@@ -118,8 +225,11 @@ def _operands(w, cfg, stats):
 
 
 def fused_prune_triton(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=True, write_mask=False,
-                       inplace=False):
+                       inplace=False, g=None):  # fmt: skip
     """Triton launcher of ``fused_prune``: one op family per shape (row, long row, N:M)."""
+    if looks_like_expr(metric):
+        return symbolic_prune_triton(w, g, x_sq, metric, sparsity=sparsity, nm=nm, write_weight=write_weight,
+                                     write_mask=write_mask, inplace=inplace)  # fmt: skip
     cfg = MetricConfig.parse(metric)
     k = _validate(w, x_sq, sparsity, nm, write_weight, write_mask)
     rows, cols = w.shape
@@ -147,9 +257,10 @@ def fused_prune_triton(w, x_sq, metric, *, sparsity=None, nm=None, write_weight=
 
 def fused_prune(
     w: torch.Tensor,
-    x_sq: torch.Tensor,
-    metric: MetricConfig | str | tuple = MetricConfig(),
+    x_sq: torch.Tensor | None,
+    metric: MetricConfig | Expr | str | tuple = MetricConfig(),
     *,
+    g: torch.Tensor | None = None,
     sparsity: float | None = None,
     nm: tuple[int, int] | None = None,
     write_weight: bool = True,
@@ -161,8 +272,11 @@ def fused_prune(
 
     Args:
         w: [out, in] weight (float32/bfloat16/float16). Modified only with ``inplace=True``.
-        x_sq: [in] mean of x^2 per input channel (``ActNorm.mean()``).
-        metric: a ``MetricConfig``, a spec string or four option indices (default: Wanda).
+        x_sq: [in] mean of x^2 per input channel (``ActNorm.mean()``); None for a symbolic metric without X.
+        metric: a ``MetricConfig``, a spec string or four option indices (default: Wanda); or a symbolic metric,
+            an ``Expr`` or its text (``"mul(W,sqrt(X))"``, ``"expr:..."``), scored exactly as written (pass
+            ``canonical(tree)`` to score a ranking class's simplest member; one kernel is generated per text).
+        g: [out, in] gradient statistic (float32/bfloat16/float16, >= 0) for symbolic metrics that use G.
         sparsity: unstructured fraction in [0, 1): ``int(in * sparsity)`` pruned per row.
         nm: ``(n, m)``: keep n of every m consecutive weights in a row (instead of ``sparsity``).
         write_weight: return the pruned weight [out, in] (same dtype as w).
@@ -173,13 +287,18 @@ def fused_prune(
     Returns:
         ``PruneOutput(weight, packed_mask)``; fields not asked for are None.
 
+    Raises:
+        ValueError: bad arguments (named). FloatingPointError: a symbolic metric's scores are NaN or infinite; the
+            twin raises before writing, the Triton path leaves those rows unwritten but may have pruned the others
+            of an in-place ``w``.
+
     Example (Wanda in one call):
         >>> out = fused_prune(layer.weight, act.mean(), "w:none*none,x:none*none", sparsity=0.5)
         >>> layer.weight.data.copy_(out.weight)
     """
     fn = fused_prune_triton if backend.choose(w, backend_name) == "triton" else fused_prune_torch
     return fn(w, x_sq, metric, sparsity=sparsity, nm=nm, write_weight=write_weight, write_mask=write_mask,
-              inplace=inplace)
+              inplace=inplace, g=g)
 
 
 def _population_members(configs, sparsities):
@@ -242,5 +361,6 @@ def population_prune(w, x_sq, configs, sparsities, *, backend_name: str | None =
     return population_prune_torch(w, x_sq, configs, sparsities)
 
 
-__all__ = ["FLT_MIN", "PruneOutput", "fused_prune", "fused_prune_torch", "fused_prune_triton", "population_prune",
+__all__ = ["FLT_MIN", "PruneOutput", "fused_prune", "fused_prune_torch", "fused_prune_triton", "symbolic_prune_torch",
+           "symbolic_prune_triton", "population_prune",
            "population_prune_torch", "population_prune_triton", "w_stats_triton"]  # fmt: skip

@@ -16,7 +16,8 @@ same Wanda run; README, "Reproducibility"). In float64 the per-channel sums agre
 resolution, so X rounded once to float32 is the same everywhere.
 
 Per-weight gradient statistics need a backward pass over the whole model, not a block-by-block walk; they
-are computed by their own pass (``GRADIENT`` names them so that a method can declare them).
+are computed by their own pass (``gradients.py``; ``GRADIENT`` names them so that a method can declare them, and the
+engine runs the pass and adds G to each linear's statistics).
 """
 
 from __future__ import annotations

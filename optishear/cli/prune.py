@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-ppl", default=None, help="evaluation text (WikiText-2 test split file)")
     p.add_argument("--eval-seqlen", type=int, default=2048)
     p.add_argument("--eval-windows", type=int, default=None)
+    p.add_argument("--grad-cache", default=None,
+                   help="directory of the gradient-statistics cache for metrics that read G "
+                        "(default: $OPTISHEAR_CACHE/gradients)")  # fmt: skip
 
 
 def run(args) -> dict:
@@ -36,10 +39,12 @@ def run(args) -> dict:
         raise FileNotFoundError(f"evaluation text {args.eval_ppl} does not exist")
     model, tok = load_model(args.model, device=args.device)
     t0 = time.perf_counter()
-    result = prune(model, tok, plan, progress=not args.quiet)
+    result = prune(model, tok, plan, progress=not args.quiet, grad_cache=args.grad_cache)
     out = {"metric": plan.metric, "update": plan.update, "structure": plan.structure, "target_sparsity": plan.sparsity,
            "sparsity": round(result.sparsity, 6), "mask_digest": result.mask_digest,
            "prune_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    if result.gradient_seconds:
+        out["gradient_seconds"] = round(result.gradient_seconds, 2)
     logger.info("pruned %d linears: achieved sparsity %.4f, masks %s", len(result.layer_sparsity), result.sparsity,
                 result.mask_digest)  # fmt: skip
     if args.save:

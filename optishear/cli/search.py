@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "search the metric and/or block sparsities (NSGA-III / NSGA-II), resumable"
+HELP = "search the metric and/or block sparsities (NSGA-III / NSGA-II), or symbolic metrics (GP), resumable"
 
 
 def add_arguments(p) -> None:
@@ -32,4 +32,5 @@ def run(args) -> dict:
     return {"metric": res.metric, "objective": res.objective, "validation": res.validation, "trials": res.trials,
             "distinct": res.distinct, "failed": res.failed, "seconds": round(res.seconds, 1),
             "block_sparsity": res.block_sparsity, "out": res.out_dir,
-            "recipe": str(Path(res.out_dir) / "optishear_recipe.json")}  # fmt: skip
+            "recipe": str(Path(res.out_dir) / "optishear_recipe.json"),
+            **({"gradient_seconds": round(res.gradient_seconds, 1)} if res.gradient_seconds is not None else {})}

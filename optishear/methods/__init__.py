@@ -4,6 +4,7 @@
 |---|---|---|
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
 | ``sparsegpt.py`` | SparseGPT's mask and OBS weight update (``obs.py``) | ``sparsegpt`` |
+| ``expression.py`` | a symbolic metric over W, G, X through the fused kernels | ``pruner-zero``, ``expr:<tree>`` |
 
 The plan's ``update`` (``sparsegpt``) wraps any method: its mask, then the OBS update with the mask fixed.
 
@@ -13,10 +14,11 @@ A new method is a new file with a ``Method`` subclass, added to ``METHODS`` belo
 from __future__ import annotations
 
 from .base import BlockJob, MaskSink, Method, mask_digest
+from .expression import ExpressionMethod
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
 from .sparsegpt import SparseGPTMethod, SparseGPTUpdate, with_update
 
-METHODS: list[type[Method]] = [SparseGPTMethod, MetricMethod]
+METHODS: list[type[Method]] = [SparseGPTMethod, MetricMethod, ExpressionMethod]
 
 
 def method_for(plan) -> Method:

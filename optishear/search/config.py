@@ -9,7 +9,9 @@ from .. import codec
 from ..codec import opt
 from ..plan import Plan, check_sparsity
 
-SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-modules", "metric-then-modules")
+SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-modules", "metric-then-modules",
+          "symbolic")
+ROW_METRIC_SPACES = ("metric", "symbolic")  # spaces that search the metric only (any structure, fixed blocks)
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -42,7 +44,8 @@ class SearchConfig:
         space: ``metric`` (the 2,401-point meta metric), ``blocks`` (one sparsity per block, the plan's metric),
             ``joint`` (both at once) or ``metric-then-blocks`` (the paper's order); ``modules`` (one sparsity per block
             and module kind, attention vs MLP), ``metric-modules`` (with the metric, at once) or
-            ``metric-then-modules``.
+            ``metric-then-modules``; ``symbolic`` (genetic programming over expression trees on W, G and X,
+            Pruner-Zero's search: ``search/symbolic.py``).
         algorithm: ``nsga3`` (OptiShear v1) or ``nsga2`` (the paper's later version), both pymoo's.
         objective: ``kl`` (mean KL(dense || pruned) of next-token distributions, the default: on SmolLM2 it ranks
             metrics as perplexity does, where ``fro`` inverted two of three, see the README) or ``fro``
@@ -62,7 +65,9 @@ class SearchConfig:
             whose masks were seen are answered without pruning; ``auto``: on when the kernels run in Triton;
             ``off``. On the CPU twin the op costs as much as pruning each member.
         max_failures: trials that fail (a non-finite objective, say) are recorded with ``status: failed`` and
-            treated as infeasible by the optimizer; past this many the search stops with an error.
+            treated as infeasible by the optimizer; past this many the search stops with an error. (A symbolic tree
+            whose scores overflow is infeasible without counting here.)
+        tree_size: the symbolic space's size limit, in nodes of a tree's canonical form.
     """
 
     plan: Plan = field(default_factory=search_plan_defaults, metadata={"nested": Plan})
@@ -85,6 +90,7 @@ class SearchConfig:
     validate_windows: int = opt(16, type=int, help="held-out prompts")
     validate_seqlen: int = opt(512, type=int, help="tokens per held-out prompt")
     max_failures: int = opt(10, type=int, help="failed trials tolerated before the search stops")
+    tree_size: int = opt(17, type=int, help="symbolic space: most nodes a tree may have")
 
     def validate(self) -> None:
         if not isinstance(self.plan, Plan):
@@ -94,11 +100,13 @@ class SearchConfig:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.plan.nm is not None and self.space != "metric":
-            raise ValueError("N:M fixes every block's sparsity: only --space metric applies")
-        if self.plan.module_sparsity is not None and self.space != "metric":
+        if self.plan.nm is not None and self.space not in ROW_METRIC_SPACES:
+            raise ValueError("N:M fixes every block's sparsity: only --space metric or symbolic applies")
+        if self.space == "symbolic" and self.tradeoff:
+            raise ValueError("--tradeoff searches sparsity levels, which the symbolic space does not: drop one")
+        if self.plan.module_sparsity is not None and self.space not in ROW_METRIC_SPACES:
             raise ValueError(f"--space {self.space} searches the sparsities: the plan must not fix module_sparsity")
-        if self.plan.block_sparsity is not None and self.space != "metric":
+        if self.plan.block_sparsity is not None and self.space not in ROW_METRIC_SPACES:
             raise ValueError(f"--space {self.space} searches the block sparsities: the plan must not fix them")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -113,7 +121,7 @@ class SearchConfig:
             raise ValueError(f"sparsity +- band must stay in [0, 1): {s} +- {self.band}")
         for name in ("objective_windows", "validate_top", "max_failures"):
             _nonneg_int(getattr(self, name), name)
-        for name in ("pop_size", "generations", "objective_seqlen", "validate_windows", "validate_seqlen"):
+        for name in ("pop_size", "generations", "objective_seqlen", "validate_windows", "validate_seqlen", "tree_size"):
             _pos_int(getattr(self, name), name)
         if self.tradeoff:
             if not self.sparsity_levels:

@@ -21,7 +21,7 @@ from ..models import model_linears
 from ..recipe import make_recipe, write_json_atomic
 from .config import SearchConfig
 from .executor import TrialRequest, describe_spec, make_executor
-from .manifest import build_manifest, check_or_write, record_executor
+from .manifest import build_manifest, check_early, check_or_write, record_executor
 from .report import plot
 from .runner import TrialRunner
 from .select import Validator, choose
@@ -42,6 +42,7 @@ class SearchResult:
         distinct: distinct pruned models evaluated; failed: trials that failed; seconds: wall time;
         out_dir: where outputs are; history: one dict per generation.
         recipe: the chosen solution's recipe; validation: its held-out error (None when validation is off).
+        gradient_seconds: how long the gradient pass took when it was computed (None: the search reads no G).
     """
 
     metric: str
@@ -56,6 +57,7 @@ class SearchResult:
     recipe: dict | None = None
     validation: float | None = None
     failed: int = 0
+    gradient_seconds: float | None = None
 
 
 class _Run:
@@ -76,6 +78,7 @@ class _Run:
         self.proposed = 0
         self.hashes: set[str] = set()
         self.failed: set[str] = set()
+        self.tolerated: set[str] = set()  # failures the space expects (overflowing trees): not held against the limit
 
     def stage(self, space, opt):
         """Run one stage to the end: ask -> decode -> dedupe -> executor -> log -> tell, per generation.
@@ -122,12 +125,14 @@ class _Run:
                 if not rec.ok:
                     feasible[j] = False
                     self.failed.add(key)
+                    if not getattr(space, "counts_failure", lambda r: True)(rec):
+                        self.tolerated.add(key)
                     continue
                 self.hashes.add(rec.mask_hash)
                 F[j, 0] = rec.objective
                 if space.n_obj == 2:
                     F[j, 1] = -rec.sparsity
-            if len(self.failed) > cfg.max_failures:
+            if len(self.failed - self.tolerated) > cfg.max_failures:
                 last = next(self.cache[k] for k in reversed(list(self.cache)) if not self.cache[k].ok)
                 raise RuntimeError(f"{len(self.failed)} trials failed (max_failures={cfg.max_failures}); the last: "
                                    f"{last.metric} {last.block_sparsity}: {last.error}. Finished trials are in the "
@@ -195,6 +200,18 @@ def _window_sets(cfg: SearchConfig, tokenizer, model, windows, objective_windows
     return out
 
 
+def _gradients(config: SearchConfig, model, windows, out: Path, progress: bool):
+    """The gradient statistics a search reads (``--space symbolic``, or a plan whose metric reads G), computed once
+    into ``<out>/gradients/`` and reloaded from there by a resume; None when nothing reads G."""
+    from ..calibrate import GRADIENT, gradient_statistics
+    from ..methods import method_for
+
+    if config.space != "symbolic" and GRADIENT not in method_for(config.plan).needs():
+        return None
+    return gradient_statistics(model, windows, dtype=config.plan.grad_dtype, cache_dir=out / "gradients",
+                               progress=progress)  # fmt: skip
+
+
 def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = False, windows=None,
            objective_windows=None, validation_windows=None, executor=None, backend: str | None = None,
            progress: bool = True, on_trial=None) -> SearchResult:  # fmt: skip
@@ -222,12 +239,16 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     if not any(model_linears(model, config.plan.targets, config.plan.ignore)):
         raise ValueError("no linear layers selected for pruning (check targets / ignore)")
     sets = _window_sets(config, tokenizer, model, windows, objective_windows, validation_windows)
-    # Checked before any expensive set-up (workers, dense outputs): a refused resume costs one read of the weights.
-    check_or_write(out, build_manifest(model, tokenizer, config, sets, executor=describe_spec(executor)), resume,
-                   bool(existing))  # fmt: skip
+    manifest = build_manifest(model, tokenizer, config, sets, executor=describe_spec(executor))
+    if resume:  # a refused resume costs one read of the weights: checked before the gradient pass and the workers
+        check_early(out, manifest)
+    grads = _gradients(config, model, sets["statistics"].tokens, out, progress)
+    if grads is not None:
+        manifest["gradients"] = grads.describe()
+    check_or_write(out, manifest, resume, bool(existing))
     runner = TrialRunner(model, sets["statistics"].tokens, config,
                          objective_windows=sets["objective"].tokens if "objective" in sets else None, backend=backend,
-                         progress=progress)  # fmt: skip
+                         progress=progress, gradients=grads)  # fmt: skip
     executor = make_executor(executor, runner)
     try:  # a Ray executor holds workers (and maybe a local Ray instance): stop them if the run cannot start
         record_executor(out, executor.describe())
@@ -260,8 +281,10 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         result = runner.apply(plan)
         recipe = make_recipe(plan, result, model, windows=runner.windows)
         recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,
-                            "algorithm": config.algorithm, "trials": run.proposed, "distinct": len(run.hashes),
-                            "failed": len(run.failed), "validation": chosen.get("validation")}  # fmt: skip
+                            "algorithm": config.algorithm if config.space != "symbolic" else "gp",
+                            "trials": run.proposed, "distinct": len(run.hashes), "failed": len(run.failed),
+                            "validation": chosen.get("validation"),
+                            "gradient_seconds": grads.computed_seconds if grads is not None else None}  # fmt: skip
         write_json_atomic(out / "optishear_recipe.json", recipe)
         write_json_atomic(out / "pareto.json", pareto)
         write_json_atomic(out / "history.json", run.history)
@@ -272,7 +295,8 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
     return SearchResult(metric=chosen["metric"], block_sparsity=chosen["block_sparsity"],
                         objective=chosen["objective"], pareto=pareto, trials=run.proposed, distinct=len(run.hashes),
                         seconds=time.perf_counter() - t0, out_dir=str(out), history=run.history, recipe=recipe,
-                        validation=chosen.get("validation"), failed=len(run.failed))  # fmt: skip
+                        validation=chosen.get("validation"), failed=len(run.failed),
+                        gradient_seconds=grads.computed_seconds if grads is not None else None)  # fmt: skip
 
 
 __all__ = ["SearchResult", "search"]

@@ -1,8 +1,9 @@
 """The run manifest (``manifest.json``): everything a trial depends on, written before the first trial.
 
 Model identity (config digest, weights fingerprint), tokenizer (vocabulary digest), every window set (its
-offsets in the text and a digest of its tokens), the calibration text's digest, the configuration (plan
-included), the executor and the library versions. A resume compares the new run's manifest with the one on
+offsets in the text and a digest of its tokens), the calibration text's digest, the gradient statistics when the
+search reads G (their cache key and a digest of their values), the configuration (plan included), the executor and
+the library versions. A resume compares the new run's manifest with the one on
 disk and refuses any difference in model, tokenizer, data or configuration, naming what differs; other
 versions only warn (the trials were computed with them, and say so).
 """
@@ -51,12 +52,28 @@ def _diff(old, new, path: str, out: list[str]) -> None:
 def manifest_differences(old: dict, new: dict) -> list[str]:
     """What differs between two manifests in model, tokenizer, data and configuration (one line each)."""
     out: list[str] = []
-    for section in ("model", "tokenizer", "data"):
+    for section in ("model", "tokenizer", "data", "gradients"):
         _diff(old.get(section), new.get(section), section, out)
     oc = {k: v for k, v in (old.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
     nc = {k: v for k, v in (new.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
     _diff(oc, nc, "config", out)
     return out
+
+
+def _refusal(out: Path, diffs: list[str]) -> ValueError:
+    return ValueError(f"--resume: the run in {out} was made with a different model, data or configuration "
+                      "(a different configuration cannot reuse its trials):\n  " + "\n  ".join(diffs))  # fmt: skip
+
+
+def check_early(out: Path, manifest: dict) -> None:
+    """A resume's check of what is known before any expensive pass (the sections ``manifest`` has so far): a run made
+    with another model, data or configuration is refused before its gradient statistics would be computed."""
+    path = out / MANIFEST_NAME
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diffs = [d for d in manifest_differences(old, manifest) if d.split(".", 1)[0].split(":", 1)[0] in manifest]
+        if diffs:
+            raise _refusal(out, diffs)
 
 
 def check_or_write(out: Path, manifest: dict, resume: bool, has_trials: bool) -> None:
@@ -81,8 +98,7 @@ def check_or_write(out: Path, manifest: dict, resume: bool, has_trials: bool) ->
     old = json.loads(path.read_text())
     diffs = manifest_differences(old, manifest)
     if diffs:
-        raise ValueError(f"--resume: the run in {out} was made with a different model, data or configuration "
-                         "(a different configuration cannot reuse its trials):\n  " + "\n  ".join(diffs))  # fmt: skip
+        raise _refusal(out, diffs)
     vdiff: list[str] = []
     _diff(old.get("versions"), manifest.get("versions"), "versions", vdiff)
     if vdiff:
@@ -100,4 +116,5 @@ def record_executor(out: Path, described: dict) -> None:
         write_json_atomic(path, {**manifest, "executor": described})
 
 
-__all__ = ["build_manifest", "manifest_differences", "check_or_write", "record_executor", "MANIFEST_NAME"]
+__all__ = ["build_manifest", "manifest_differences", "check_early", "check_or_write", "record_executor",
+           "MANIFEST_NAME"]

@@ -33,7 +33,7 @@ import socket
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -184,6 +184,10 @@ class TrialWorker:
                              f"{setup['fingerprint']}): every node must read the same model")  # fmt: skip
         dense = state["dense"]
         _attach_head(dense, model)
+        if state.get("gradients") is not None and self.device != "cpu":
+            g = state["gradients"]
+            state = {**state, "gradients": replace(g, per_block=[{k: v.to(self.device) for k, v in b.items()}
+                                                                  for b in g.per_block])}  # fmt: skip
         self.runner = TrialRunner(model, state["windows"], SearchConfig.from_dict(setup["config"]),
                                   objective_windows=state["objective_windows"], backend=setup["backend"],
                                   state=state)  # fmt: skip
@@ -203,6 +207,7 @@ class TrialWorker:
     def update_stats(self, stats: list[dict], needs: list[str]) -> None:
         """Adopt the driver's dense statistics (collected there once, for statistic names the first ones lacked)."""
         self.runner._stats, self.runner._stats_needs = stats, frozenset(needs)
+        self.runner._with_grads = None  # rebuilt from the new statistics when a metric reads G
 
     def _failed(self, exc: Exception, t0: float, what: str) -> dict:
         self.runner.snapshot.restore()
@@ -442,6 +447,8 @@ class RayExecutor:
         state = dict(self.runner.shared_state())
         state["dense"] = portable_dense(state["dense"])
         state["stats"] = _to_cpu(state["stats"])
+        if state.get("gradients") is not None:  # G travels once, like the other statistics
+            state["gradients"] = replace(state["gradients"], per_block=_to_cpu(state["gradients"].per_block))
         state["windows"], state["objective_windows"] = state["windows"].cpu(), state["objective_windows"].cpu()
         return state
 

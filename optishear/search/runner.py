@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 from optishear_kernels import choose_backend
 
-from ..calibrate import walk
+from ..calibrate import GRADIENT, merge_gradients, walk
 from ..engine import prune
 from ..methods import MaskSink, method_for
 from ..models import WeightSnapshot, model_linears
@@ -35,18 +35,23 @@ class TrialRunner:
         config: the search configuration (its plan is every trial's base).
         objective_windows: the prompts the objective is measured on (default: ``windows``).
         backend: kernels backend, resolved once (``auto`` / ``torch`` / ``triton``).
-        state: another runner's ``shared_state()`` (a remote worker's): its dense outputs and statistics are used
-            as they are instead of being computed again, so every worker measures against the same reference.
+        state: another runner's ``shared_state()`` (a remote worker's): its dense outputs, statistics and gradient
+            statistics are used as they are instead of being computed again, so every worker measures against the
+            same reference.
+        gradients: the dense model's gradient statistics (``calibrate.GradientStats``), for metrics that read G.
     """
 
     def __init__(self, model, windows: torch.Tensor, config: SearchConfig, *, objective_windows=None,
-                 backend: str | None = None, progress: bool = False, state: dict | None = None):  # fmt: skip
+                 backend: str | None = None, progress: bool = False, state: dict | None = None,
+                 gradients=None):  # fmt: skip
         self.model = model
         self.windows = windows
         self.objective_windows = windows if objective_windows is None else objective_windows
         self.cfg = config
         self.plan = config.plan
         self.progress = progress
+        self.gradients = gradients if gradients is not None else (state or {}).get("gradients")
+        self._with_grads: list[dict] | None = None
         self.linears = model_linears(model, self.plan.targets, self.plan.ignore)
         if not any(self.linears):
             raise ValueError("no linear layers selected for pruning (check targets / ignore)")
@@ -67,21 +72,32 @@ class TrialRunner:
         self.setup_seconds = time.perf_counter() - t0
 
     def dense_stats(self, needs) -> list[dict] | None:
-        """The dense model's statistics for ``needs``, collected once (again only for new statistic names)."""
+        """The dense model's statistics for ``needs``, collected once (again only for new statistic names); gradient
+        statistics come from ``gradients``, added to every linear's entry."""
         needs = frozenset(needs)
-        if needs and not needs <= self._stats_needs:
-            self._stats_needs = self._stats_needs | needs
+        walk_needs = needs - {GRADIENT}
+        if walk_needs and not walk_needs <= self._stats_needs:
+            self._stats_needs = self._stats_needs | walk_needs
             self.snapshot.restore()
             self._stats = walk(self.model, self.windows, self.linears, self._stats_needs,
                                batch_size=self.plan.batch_size, backend=self.backend, progress=self.progress)  # fmt: skip
-        return self._stats
+            self._with_grads = None
+        if GRADIENT not in needs:
+            return self._stats
+        if self.gradients is None:
+            raise ValueError("this search computed no gradient statistics, but a trial's metric reads G")
+        if self._with_grads is None:
+            base = self._stats if self._stats is not None else [{} for _ in self.linears]
+            self._with_grads = [merge_gradients(b, refs, self.gradients, GRADIENT)
+                                for b, refs in zip(base, self.linears)]  # fmt: skip
+        return self._with_grads
 
     def shared_state(self) -> dict:
         """What a remote runner needs to evaluate trials exactly as this one does, computed once here: the
-        windows, the dense outputs (``dense``) and the dense statistics collected so far (``stats``, with the
-        statistic names they cover). Pass it as ``TrialRunner(..., state=...)``."""
+        windows, the dense outputs (``dense``), the dense statistics collected so far (``stats``, with the
+        statistic names they cover) and the gradient statistics (``gradients``, or None). Pass it as ``TrialRunner(..., state=...)``."""
         return {"windows": self.windows, "objective_windows": self.objective_windows, "dense": self.dense,
-                "stats": self._stats, "stats_needs": sorted(self._stats_needs)}  # fmt: skip
+                "stats": self._stats, "stats_needs": sorted(self._stats_needs), "gradients": self.gradients}  # fmt: skip
 
     def plan_for(self, changes: dict) -> Plan:
         """The base plan with a space's decoded changes (Plan fields; other keys, like ``target``, are ignored).
@@ -107,7 +123,7 @@ class TrialRunner:
         self.snapshot.restore()
         stats = self.dense_stats(method_for(plan).needs()) if plan.stats == "dense" else None
         return prune(self.model, plan=plan, windows=self.windows, stats=stats, keep_masks=True, backend=self.backend,
-                     snapshot=self.snapshot, progress=False)  # fmt: skip
+                     snapshot=self.snapshot, progress=False, gradients=self.gradients)  # fmt: skip
 
     def run(self, plan: Plan, known: dict | None = None, known_hash: str | None = None) -> dict:
         """One trial. ``known``: mask digest -> (objective, sparsity) of earlier trials (the driver's table; an

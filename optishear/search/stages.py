@@ -13,6 +13,7 @@ from collections.abc import Callable
 from .config import SearchConfig
 from .optimizers import PymooOptimizer
 from .spaces import VectorSpace
+from .symbolic import symbolic_stage
 
 StageBuilder = Callable[[dict | None], tuple[object, object]]
 
@@ -60,6 +61,7 @@ STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
     "metric-modules": lambda cfg, runner: [module_stage(cfg, runner, "metric-modules", True)],
     "metric-then-modules": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
                                                 module_stage(cfg, runner, "modules", False)],
+    "symbolic": lambda cfg, runner: [symbolic_stage(cfg, runner)],
 }  # fmt: skip
 
 

@@ -1,0 +1,217 @@
+"""The symbolic space: genetic programming over expression trees (Pruner-Zero's search, which its authors did not
+release), on the search package's ask/tell interface.
+
+    genotype: a canonical tree (``optishear_kernels.canonical``), key ``symbolic:<text>``
+    plan change: ``metric = "expr:<text>"`` (the tree the trial scores with, its recipe's metric)
+
+``GPOptimizer`` is a plain generational GP:
+
+- first generation: the seeds (Wanda ``mul(W,sqrt(X))`` first, the stage's baseline; magnitude ``W``; RIA's
+  activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
+  Pruner-Zero's operators do not have); the published Pruner-Zero metric), then ramped half-and-half trees of depth 2
+  to 4 (grow and full alternating over the depths), each simplified to its canonical form, duplicates redrawn;
+- each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
+  tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
+  node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for
+  another of the same arity, a terminal for another terminal), else a copy; every child is simplified, and a child
+  over ``max_size`` nodes is replaced by its parent (the size limit against bloat);
+- fitness: the trial's objective (lower is better); a failed trial (NaN or infinite scores) is infeasible.
+
+Everything random comes from one ``random.Random(seed)``, and a tell depends only on the objectives told, so the same
+seed gives the same search, and a resumed search (whose trials are read back from the log) replays it exactly.
+
+Why not DEAP (``deap`` 1.4.4 is on the package index): its GP operators draw from the global ``random`` module
+(determinism then depends on every other user of it), its trees are prefix lists of its own primitive set, and
+its algorithms are loops that call the evaluation themselves, not ask/tell. We need our own tree type anyway (the
+kernels compile it, ``canonical`` simplifies it), and the operators above are a page of code.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from optishear_kernels import PRUNER_ZERO, Expr, canonical, parse_expr
+from optishear_kernels.expr import ARITY, BINARY, TERMINALS, UNARY, random_tree
+
+from ..methods.expression import expression_plan_metric
+from .config import SearchConfig
+
+SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
+
+
+class SymbolicSpace:
+    """Trees as genotypes; the plan change is the tree as a metric, at the target sparsity (uniform blocks)."""
+
+    def __init__(self, stage: str, cfg: SearchConfig, n_blocks: int):
+        self.stage = stage
+        self.cfg = cfg
+        self.n_blocks = n_blocks
+
+    @property
+    def n_obj(self) -> int:
+        return 1
+
+    def key(self, tree: Expr) -> str:
+        return f"{self.stage}:{tree.text}"
+
+    def decode(self, tree: Expr) -> dict:
+        target = self.cfg.plan.sparsity
+        return {"metric": expression_plan_metric(tree), "block_sparsity": [target] * self.n_blocks, "target": target}
+
+    @staticmethod
+    def counts_failure(record) -> bool:
+        """A tree whose scores overflow is a bad tree, not a broken search: it is infeasible and does not count
+        towards ``max_failures``."""
+        return "NaN or infinite" not in (record.error or "") and "NaN or inf in" not in (record.error or "")
+
+
+def _paths(tree: Expr, prefix=()):
+    """(path, node) for every node, pre-order; a path is the tuple of argument indices from the root."""
+    yield prefix, tree
+    for i, a in enumerate(tree.args):
+        yield from _paths(a, prefix + (i,))
+
+
+def _replace(tree: Expr, path: tuple[int, ...], new: Expr) -> Expr:
+    if not path:
+        return new
+    args = list(tree.args)
+    args[path[0]] = _replace(args[path[0]], path[1:], new)
+    return Expr(tree.op, tuple(args))
+
+
+class GPOptimizer:
+    """Generational GP over ``SymbolicSpace`` with the ask/tell interface of ``optimizers.Optimizer``.
+
+    Args:
+        space: the space (keys only; trees are the genotypes).
+        pop_size, generations, seed: the run's size and seed.
+        seeds: trees of the first generation, in order (the first is the stage's baseline).
+        max_size: most nodes a tree may have (canonical form).
+        tournament, p_crossover, p_subtree, p_point, elitism, init_depth: the GP's settings (module docstring).
+    """
+
+    def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
+                 seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
+                 p_subtree: float = 0.15, p_point: float = 0.1, elitism: int = 2,
+                 init_depth: tuple[int, int] = (2, 4)):  # fmt: skip
+        if pop_size < 2:
+            raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
+        self.space = space
+        self.pop_size = pop_size
+        self.generations = generations
+        self.rng = random.Random(seed)
+        self.max_size = max_size
+        self.tournament = tournament
+        self.p_crossover, self.p_subtree, self.p_point = p_crossover, p_subtree, p_point
+        self.elitism = elitism
+        self.generation = 0
+        self.best: dict[str, tuple[Expr, float]] = {}
+        self.pop = self._initial([canonical(parse_expr(s)) for s in seeds][:pop_size], init_depth)
+        self.fitness: list[float] | None = None
+
+    # -- the population ----------------------------------------------------------------------------------------
+    def _initial(self, seeds: list[Expr], depth: tuple[int, int]) -> list[Expr]:
+        pop, seen = [], set()
+        for t in seeds:
+            if t not in seen:
+                pop.append(t)
+                seen.add(t)
+        depths = list(range(depth[0], depth[1] + 1))
+        i = tries = 0
+        while len(pop) < self.pop_size:
+            d = depths[i % len(depths)]
+            grow = (i // len(depths)) % 2 == 0
+            i += 1
+            t = canonical(random_tree(self.rng, d, grow))
+            tries += 1
+            if (t in seen or t.size > self.max_size) and tries < 100 * self.pop_size:
+                continue
+            pop.append(t)
+            seen.add(t)
+        return pop
+
+    def _select(self) -> Expr:
+        picks = [self.rng.randrange(len(self.pop)) for _ in range(self.tournament)]
+        return self.pop[min(picks, key=lambda j: (self.fitness[j], j))]
+
+    def _crossover(self, a: Expr, b: Expr) -> Expr:
+        pa, _ = self.rng.choice(list(_paths(a)))
+        _, sub = self.rng.choice(list(_paths(b)))
+        return _replace(a, pa, sub)
+
+    def _subtree(self, a: Expr) -> Expr:
+        pa, _ = self.rng.choice(list(_paths(a)))
+        return _replace(a, pa, random_tree(self.rng, self.rng.randint(1, 3), grow=True))
+
+    def _point(self, a: Expr) -> Expr:
+        pa, node = self.rng.choice(list(_paths(a)))
+        pool = TERMINALS if not node.args else UNARY if ARITY[node.op] == 1 else BINARY
+        op = self.rng.choice([o for o in pool if o != node.op])
+        return _replace(a, pa, Expr(op, node.args))
+
+    def _child(self) -> Expr:
+        r = self.rng.random()
+        parent = self._select()
+        if r < self.p_crossover:
+            child = self._crossover(parent, self._select())
+        elif r < self.p_crossover + self.p_subtree:
+            child = self._subtree(parent)
+        elif r < self.p_crossover + self.p_subtree + self.p_point:
+            child = self._point(parent)
+        else:
+            return parent
+        child = canonical(child)
+        return child if child.size <= self.max_size else parent
+
+    # -- ask / tell --------------------------------------------------------------------------------------------
+    def has_next(self) -> bool:
+        return self.generation < self.generations
+
+    def ask(self) -> list[Expr]:
+        return list(self.pop)
+
+    def tell(self, objectives: np.ndarray, feasible: np.ndarray) -> None:
+        f = [float(o[0]) if ok and math.isfinite(float(o[0])) else math.inf
+             for o, ok in zip(np.asarray(objectives), np.asarray(feasible))]  # fmt: skip
+        self.fitness = f
+        for t, v in zip(self.pop, f):
+            if math.isfinite(v) and (t.text not in self.best or v < self.best[t.text][1]):
+                self.best[t.text] = (t, v)
+        self.generation += 1
+        if not self.has_next():
+            return
+        order = sorted(range(len(self.pop)), key=lambda j: (f[j], self.pop[j].text))
+        nxt, seen = [], set()
+        for j in order:
+            if len(nxt) >= self.elitism or not math.isfinite(f[j]):
+                break
+            if self.pop[j] not in seen:
+                nxt.append(self.pop[j])
+                seen.add(self.pop[j])
+        while len(nxt) < self.pop_size:
+            nxt.append(self._child())
+        self.pop = nxt
+
+    def front(self) -> list[tuple[Expr, np.ndarray]]:
+        """The best tree seen (a single objective: the front is its minimum)."""
+        if not self.best:
+            return []
+        tree, v = min(self.best.values(), key=lambda tv: (tv[1], tv[0].text))
+        return [(tree, np.array([v]))]
+
+
+def symbolic_stage(cfg: SearchConfig, runner):
+    """The stage builder of ``--space symbolic`` (``stages.STAGES``)."""
+
+    def build(prev):
+        space = SymbolicSpace("symbolic", cfg, len(runner.linears))
+        return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.plan.seed,
+                                  max_size=cfg.tree_size)  # fmt: skip
+
+    return build
+
+
+__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS"]

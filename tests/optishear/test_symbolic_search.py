@@ -1,0 +1,163 @@
+"""The symbolic space: GP over canonical trees, seeded and deterministic, resumable with its gradient cache."""
+
+import json
+
+import numpy as np
+import pytest
+from optishear import prune
+from optishear.plan import Plan
+from optishear.recipe import recipe_plan
+from optishear.search import SearchConfig, search
+from optishear.search.symbolic import SEEDS, GPOptimizer, SymbolicSpace
+from optishear_kernels import canonical, parse_expr
+
+from ..conftest import random_windows, tiny_llama
+
+PLAN_FIELDS = set(Plan.__dataclass_fields__)
+
+
+def _cfg(**kw):
+    base = dict(space="symbolic", pop_size=6, generations=3, nsamples=4, seqlen=32, batch_size=2, seed=0,
+                objective_windows=0, validate_top=0, stats="dense", objective="kl")  # fmt: skip
+    base.update(kw)
+    plan = Plan(**{k: v for k, v in base.items() if k in PLAN_FIELDS})
+    return SearchConfig(plan=plan, **{k: v for k, v in base.items() if k not in PLAN_FIELDS})
+
+
+def _run(tmp_path, name, cfg, **kw):
+    return search(tiny_llama(layers=3), None, cfg, tmp_path / name, windows=random_windows(4, 32), progress=False,
+                  **kw)  # fmt: skip
+
+
+def _gp(seed=0, pop=12, gens=5, fitness=None):
+    space = SymbolicSpace("symbolic", _cfg(), 3)
+    opt = GPOptimizer(space, pop_size=pop, generations=gens, seed=seed, max_size=15)
+    asked = []
+    fitness = fitness or (lambda t: t.size + len(t.text) / 100)
+    while opt.has_next():
+        X = opt.ask()
+        asked.append([t.text for t in X])
+        F = np.array([[fitness(t)] for t in X])
+        opt.tell(F, np.array([not t.text.startswith("exp") for t in X]))
+    return opt, asked
+
+
+def test_gp_is_seeded_canonical_bounded_and_deterministic():
+    opt, asked = _gp()
+    assert asked[0][: len(SEEDS)] == [canonical(s).text for s in SEEDS]  # Wanda first: the stage's baseline
+    assert asked[0][0] == "mul(W,sqrt(X))"
+    for gen in asked:
+        trees = [parse_expr(t) for t in gen]
+        assert len(gen) == 12 and all(canonical(t) == t for t in trees) and all(t.size <= 15 for t in trees)
+    assert len(set(asked[0])) == 12  # the first population has no duplicates
+    again, asked2 = _gp()
+    assert asked2 == asked and again.front()[0][0] == opt.front()[0][0]
+    _, other = _gp(seed=1)
+    assert other != asked
+    # elitism: the best tree so far is in every later generation
+    best_so_far = None
+    for gen in asked:
+        if best_so_far is not None:
+            assert best_so_far in gen
+        best_so_far = min(gen + ([best_so_far] if best_so_far else []),
+                          key=lambda t: (parse_expr(t).size + len(t) / 100, t) if not t.startswith("exp") else (1e9, t))
+
+
+def test_gp_improves_a_fitness_it_can_see():
+    """A fitness that rewards trees close to a target in size selects towards it."""
+    target = 9
+    opt, asked = _gp(pop=16, gens=8, fitness=lambda t: abs(t.size - target))
+    first = min(abs(parse_expr(t).size - target) for t in asked[0])
+    assert opt.front()[0][1][0] <= first and opt.front()[0][1][0] == 0
+
+
+def test_symbolic_search_end_to_end_and_its_recipe_replays(tmp_path):
+    res = _run(tmp_path, "run", _cfg(validate_top=2), validation_windows=random_windows(2, 32, seed=3))
+    out = tmp_path / "run"
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert res.trials == 18 and res.distinct <= len(trials) and res.gradient_seconds > 0
+    assert all(t["metric"].startswith("expr:") for t in trials)
+    assert all(canonical(t["metric"]).text == t["metric"][5:] for t in trials)
+    wanda = next(t for t in trials if t["metric"] == "expr:mul(W,sqrt(X))")
+    assert res.objective <= wanda["objective"] or res.validation is not None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["gradients"]["key"] and manifest["gradients"]["digest"]
+    assert len(list((out / "gradients").glob("gradients-*.pt"))) == 1
+    recipe = json.loads((out / "optishear_recipe.json").read_text())
+    assert recipe["search"]["space"] == "symbolic" and recipe["search"]["algorithm"] == "gp"
+    replay = prune(tiny_llama(layers=3), plan=recipe_plan(recipe), windows=random_windows(4, 32), keep_masks=True,
+                   progress=False, grad_cache=out / "gradients")  # fmt: skip
+    assert replay.mask_digest == recipe["mask_digest"]
+    for f in ("history.json", "pareto.json", "search.png", "validation.jsonl"):
+        assert (out / f).is_file(), f
+
+
+def test_symbolic_kill_and_resume_equals_an_uninterrupted_run_and_reloads_gradients(tmp_path, monkeypatch):
+    cfg = _cfg(generations=4, structure="2:4")
+    full = _run(tmp_path, "full", cfg)
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def kill_after_9(rec):
+        seen.append(rec)
+        if len(seen) == 9:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(tmp_path, "cut", cfg, on_trial=kill_after_9)
+    lines = (tmp_path / "cut" / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 9
+    import optishear.calibrate.gradients as gm
+
+    monkeypatch.setattr(gm, "compute_gradients", lambda *a, **k: pytest.fail("a resume recomputed the gradients"))
+    rerun = []
+    resumed = _run(tmp_path, "cut", cfg, resume=True, on_trial=rerun.append)
+    assert not {json.loads(line)["key"] for line in lines} & {r["key"] for r in rerun}
+    assert (resumed.metric, resumed.objective, resumed.trials, resumed.distinct) == (
+        full.metric, full.objective, full.trials, full.distinct)  # fmt: skip
+    assert [h["best"] for h in resumed.history] == [h["best"] for h in full.history]
+    assert resumed.gradient_seconds == full.gradient_seconds or resumed.gradient_seconds > 0
+    a = [json.loads(x) for x in (tmp_path / "full" / "trials.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "cut" / "trials.jsonl").read_text().splitlines()]
+    strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
+    assert [strip(t) for t in a] == [strip(t) for t in b]
+
+
+def test_a_resume_with_another_gradient_cache_is_refused(tmp_path):
+    cfg = _cfg(generations=1)
+    _run(tmp_path, "run", cfg)
+    manifest = tmp_path / "run" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["gradients"]["digest"] = "0" * 32  # as if the cache had been computed elsewhere, or replaced
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"gradients\.digest"):
+        _run(tmp_path, "run", cfg, resume=True)
+
+
+def test_overflowing_trees_are_infeasible_not_fatal(tmp_path, monkeypatch):
+    from optishear.search import symbolic
+
+    bad = "mul(exp(exp(exp(exp(W)))),exp(exp(exp(exp(G)))))"  # e^88 * e^88 overflows float32 on every row
+    orig = symbolic.GPOptimizer.__init__
+
+    def init(self, space, **kw):
+        orig(self, space, **{**kw, "seeds": ("mul(W,sqrt(X))", bad, "W")})
+
+    monkeypatch.setattr(symbolic.GPOptimizer, "__init__", init)
+    cfg = _cfg(generations=2, max_failures=0)
+    res = _run(tmp_path, "run", cfg)
+    trials = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    failed = [t for t in trials if t["status"] == "failed"]
+    assert failed and all("NaN or infinite" in t["error"] for t in failed)
+    assert res.failed >= 1 and res.metric != "expr:" + bad
+
+
+def test_symbolic_config_checks():
+    with pytest.raises(ValueError, match="tradeoff"):
+        _cfg(tradeoff=True).validate()
+    _cfg(structure="2:4").validate()  # N:M: a metric search
+    with pytest.raises(ValueError, match="tree_size"):
+        _cfg(tree_size=0).validate()
