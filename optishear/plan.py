@@ -78,6 +78,18 @@ def _render_block_sparsity(value) -> str:
     return value if isinstance(value, str) else ",".join(repr(float(v)) for v in value)
 
 
+def _parse_layer_rates(text: str):
+    """CLI form of ``layer_rates``: ``uniform``, ``adaptive``, inline JSON, or a file (see
+    ``methods.structured.read_layer_rates``)."""
+    from .methods.structured import read_layer_rates
+
+    return read_layer_rates(text)
+
+
+def _render_layer_rates(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 def _parse_stats(text: str) -> str:
     if text in _STATS_ALIASES:
         logger.warning("--stats %s is now called %s", text, _STATS_ALIASES[text])
@@ -115,6 +127,11 @@ class Plan:
         nsamples, seqlen, seed: the calibration windows.
         batch_size: calibration windows per forward. Statistics accumulate in float64, so masks do not
             depend on it (tested).
+        structured: remove whole attention heads and MLP channels (``methods.structured``) instead of weights.
+        rate: structured: the fraction of the decoder blocks' parameters to remove.
+        importance: structured: how heads and channels are scored (``flap``, ``wanda-sp``, ``magnitude``).
+        layer_rates: structured: ``uniform`` (None), ``adaptive`` (FLAP's allocation across blocks) or per-block
+            rates ``{"attention": [...], "mlp": [...]}`` (from a file on the command line).
     """
 
     metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | 'w:<c>*<u>,x:<c>*<u>'")
@@ -135,6 +152,14 @@ class Plan:
     seqlen: int = opt(2048, type=int, help="tokens per calibration window")
     seed: int = opt(0, type=int, help="seed of the calibration draw")
     batch_size: int = opt(8, type=int, help="calibration windows per forward")
+    structured: bool = opt(False, kind="bool", help="remove whole attention heads and MLP channels (model surgery)")
+    rate: float = opt(0.3, type=float, help="structured: fraction of the decoder blocks' parameters to remove")
+    importance: str = opt("flap", type=str, choices=("flap", "wanda-sp", "magnitude"),
+                          help="structured: head/channel importance")
+    layer_rates: dict | str | None = opt(
+        None, parse=_parse_layer_rates, render=_render_layer_rates,
+        help="structured: uniform | adaptive | FILE (JSON {\"attention\": [...], \"mlp\": [...]}, or a recipe)",
+    )  # fmt: skip
 
     # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:

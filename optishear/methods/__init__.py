@@ -3,6 +3,7 @@
 | file | method | plan ``metric`` |
 |---|---|---|
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
+| ``structured.py`` | remove whole heads and MLP channels (surgery) | any, with ``structured=True`` (``importance`` scores) |
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from .base import BlockJob, MaskSink, Method, mask_digest
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
+from .structured import StructuredMethod
 
-METHODS: list[type[Method]] = [MetricMethod]
+METHODS: list[type[Method]] = [StructuredMethod, MetricMethod]
 
 
 def method_for(plan) -> Method:
@@ -22,11 +24,11 @@ def method_for(plan) -> Method:
         ValueError: no method knows the plan's metric (the message lists what is accepted).
     """
     for cls in METHODS:
-        if cls.handles(plan.metric):
+        if cls.handles_plan(plan):
             return cls(plan)
     resolve_metric(plan.metric)  # raises the metric's own message, with the accepted forms
     raise ValueError(f"no pruning method handles metric {plan.metric!r}")
 
 
 __all__ = ["BlockJob", "MaskSink", "Method", "mask_digest", "NAMED", "Metric", "MetricMethod", "prune_matrix",
-           "resolve_metric", "METHODS", "method_for"]  # fmt: skip
+           "resolve_metric", "METHODS", "method_for", "StructuredMethod"]  # fmt: skip
