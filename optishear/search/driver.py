@@ -26,7 +26,7 @@ from .report import plot
 from .runner import TrialRunner
 from .select import Validator, choose
 from .stages import STAGES
-from .trials import TrialLog, TrialRecord
+from .trials import TrialLog, TrialRecord, append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class _Run:
         self.proposed = 0
         self.hashes: set[str] = set()
         self.failed: set[str] = set()
+        self.operator_stats: dict | None = None
 
     def stage(self, space, opt):
         """Run one stage to the end: ask -> decode -> dedupe -> executor -> log -> tell, per generation.
@@ -87,8 +88,13 @@ class _Run:
         cfg, runner, stage = self.cfg, self.runner, space.stage
         records: dict[str, TrialRecord] = {}
         baseline = None
+        journal = self.log.path.parent / "operators.jsonl"  # an optimizer's own record (the LLM's answers)
+        if hasattr(opt, "replay"):
+            opt.replay([r for r in read_jsonl(journal) if r.get("stage", stage) == stage])
         while opt.has_next():
             X = opt.ask()
+            for rec in getattr(opt, "drain_journal", list)():
+                append_jsonl(journal, {"stage": stage, **rec})
             keys = [space.key(x) for x in X]
             baseline = baseline or keys[0]
             t_gen = time.perf_counter()
@@ -153,6 +159,9 @@ class _Run:
         self.history.append({"stage": stage, "generation": gen, "trials": self.proposed, "distinct": len(self.hashes),
                              "failed": len(self.failed), "best": best, "pareto": len(opt.front()),
                              "seconds_per_trial": secs, "seconds_per_new_trial": per_new})  # fmt: skip
+        if getattr(opt, "stats", None) is not None:  # the optimizer's own counts (LLM answers valid / fallen back)
+            self.history[-1]["operators"] = opt.stats
+            self.operator_stats = opt.stats
         logger.info("[%s] gen %d/%d  trials %d  distinct %d  failed %d  best %.6g  pareto %d  %.2f s/trial "
                     "(%d new, %.2f s each)", stage, gen + 1, self.cfg.generations, self.proposed, len(self.hashes),
                     len(self.failed), best, len(opt.front()), secs, new, per_new)  # fmt: skip
@@ -247,6 +256,8 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         recipe["search"] = {"objective": config.objective, "value": chosen["objective"], "space": config.space,
                             "algorithm": config.algorithm, "trials": run.proposed, "distinct": len(run.hashes),
                             "failed": len(run.failed), "validation": chosen.get("validation")}  # fmt: skip
+        if run.operator_stats is not None:
+            recipe["search"]["operators"] = run.operator_stats
         write_json_atomic(out / "optishear_recipe.json", recipe)
         write_json_atomic(out / "pareto.json", pareto)
         write_json_atomic(out / "history.json", run.history)
