@@ -3,7 +3,7 @@
 | file | method | plan ``metric`` |
 |---|---|---|
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
-| ``structured.py`` | remove whole heads and MLP channels (surgery) | any, with ``structured=True`` (``importance`` scores) |
+| ``structured.py`` | remove whole heads and MLP channels (surgery) | any, with ``structured=True`` |
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """

@@ -18,11 +18,11 @@ channels removed (rounded to a channel).
 
 **Importance** (higher: keep):
 
-| name | head score | channel score | statistics |
-|---|---|---|---|
-| ``magnitude`` | sum of \\|W\\| over the head's q rows and o columns (+ its group's k/v rows) | the same over gate/up rows and the down column | none |
-| ``wanda-sp`` | sum of \\|W_ij\\| * \\|\\|X_j\\|\\| over the same weights | the same | ``act_norm`` |
-| ``flap`` | FLAP's fluctuation of the o input, (var_c * \\|\\|W_o[:, c]\\|\\|^2)^2 summed over the head's columns | var_c * \\|\\|W_down[:, c]\\|\\|^2 | ``moments`` |
+- ``magnitude``: a head's score is the sum of |W| over its q rows and o columns (a KV head's: its k and v rows,
+  added to its group); a channel's, over its gate/up rows and its down column. No statistics.
+- ``wanda-sp``: the same sums of |W_ij| * ||X_j|| (``act_norm``: X_j = mean x_j^2 over the calibration tokens).
+- ``flap``: FLAP's fluctuation of the o / down projections' input columns, var_c * ||W[:, c]||^2 (``moments``),
+  squared and summed over a head's columns for heads, as FLAP does; k/v are not scored.
 
 FLAP also adds ``W[:, removed] @ mean[removed]`` to the o / down projection's bias (adding a bias where the model has
 none), so that the mean output over the calibration tokens is kept. ``adaptive`` allocation ranks heads and channels

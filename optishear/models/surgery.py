@@ -17,7 +17,7 @@ that ``restore()`` puts the dense block back exactly (the search prunes and rest
 
 | family | model types | attention | MLP |
 |---|---|---|---|
-| ``llama`` | llama (SmolLM2), mistral, qwen2, gemma3_text | ``self_attn.{q,k,v,o}_proj`` (GQA) | ``mlp.{gate,up,down}_proj`` |
+| ``llama`` | llama (SmolLM2), mistral, qwen2, gemma3_text | ``self_attn.{q,k,v,o}_proj`` (GQA) | ``mlp.*_proj`` |
 | ``opt`` | opt | ``self_attn.{q,k,v,out}_proj`` | ``fc1``, ``fc2`` |
 | ``gpt2`` | gpt2 | ``attn.c_attn`` (fused q/k/v, Conv1D), ``attn.c_proj`` | ``mlp.c_fc``, ``mlp.c_proj`` |
 """

@@ -33,9 +33,24 @@ PROMPT_VERSION = "v1"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def load_prompt(name: str, version: str = PROMPT_VERSION) -> str:
-    """The text of prompt ``structured_<name>.<version>.txt`` from the package."""
-    return resources.files("optishear.search").joinpath("prompts", f"structured_{name}.{version}.txt").read_text()
+def load_prompt(name: str, version: str = PROMPT_VERSION) -> tuple[str, str]:
+    """Prompt ``structured_<name>.<version>.txt`` from the package: (the user message, the start of the answer).
+
+    A file holds the user message, then optionally a line ``---answer---`` and the text the assistant's answer starts
+    with (``A:``): the answer is generated on from there, which keeps a small model on the format."""
+    text = resources.files("optishear.search").joinpath("prompts", f"structured_{name}.{version}.txt").read_text()
+    user, _, prefix = text.partition("\n---answer---\n")
+    return user.strip() + "\n", prefix.rstrip("\n")
+
+
+def genome_done(n: int):
+    """A stop test: the answer's line for the last block is written."""
+    last = re.compile(rf"^\W*block\s*#?\s*{n - 1}\b[^\n]*M\s*[=:]?\s*\d+", flags=re.IGNORECASE | re.MULTILINE)
+    return lambda text: last.search(text) is not None
+
+
+def parents_done(text: str) -> bool:
+    return "\n" in text.strip() or len(_NUMBER.findall(text)) >= 2
 
 
 class ParseError(ValueError):
@@ -74,35 +89,39 @@ def parse_parents(text: str, pop_size: int) -> tuple[int, int]:
 
 
 def parse_genome(text: str, n: int, a_max: list[int] | int, m_max: int) -> tuple[list[int], list[int]]:
-    """Two rows ``A: <n numbers>`` and ``M: <n numbers>`` (``attention``/``mlp`` accepted, brackets and commas
-    ignored) -> (attention levels, MLP levels).
+    """One line per block, ``block 3: A=2 M=5`` (``A 2, M 5`` and ``#3`` accepted), every block 0..n-1 exactly once
+    -> (attention levels, MLP levels).
 
     Raises:
-        ParseError: a missing row, the wrong count, a number that is not whole, or a level out of range.
+        ParseError: a block missing or given twice, a block number out of range, a level that is not a whole number
+            or out of range.
     """
     a_max = [a_max] * n if isinstance(a_max, int) else list(a_max)
-    rows = {}
+    line_re = re.compile(r"^\W*block\s*#?\s*(-?\d+)\s*[:.)-]?\s*A\s*[=:]?\s*(-?[\d.]+)\s*[,;]?\s*"
+                         r"M\s*[=:]?\s*(-?[\d.]+)", flags=re.IGNORECASE)  # fmt: skip
+    att: dict[int, int] = {}
+    mlp: dict[int, int] = {}
     for line in text.splitlines():
-        m = re.match(r"\s*[*\-]*\s*(A|M|attention|mlp)\b[^:=]*[:=](.*)", line, flags=re.IGNORECASE)
+        m = line_re.match(line)
         if m is None:
             continue
-        key = "A" if m.group(1).lower() in ("a", "attention") else "M"
-        if key not in rows:
-            rows[key] = m.group(2)
-    for key in ("A", "M"):
-        if key not in rows:
-            raise ParseError(f"no '{key}:' row")
-    att, mlp = _ints(rows["A"], "A"), _ints(rows["M"], "M")
-    for key, vals in (("A", att), ("M", mlp)):
-        if len(vals) != n:
-            raise ParseError(f"row {key} has {len(vals)} numbers, expected {n}")
-    for i, v in enumerate(att):
-        if not 0 <= v <= a_max[i]:
-            raise ParseError(f"A[{i}] = {v} is outside 0..{a_max[i]}")
-    for i, v in enumerate(mlp):
-        if not 0 <= v <= m_max:
-            raise ParseError(f"M[{i}] = {v} is outside 0..{m_max}")
-    return att, mlp
+        b = int(m.group(1))
+        a, mm = _ints(m.group(2), f"block {b} A"), _ints(m.group(3), f"block {b} M")
+        if len(a) != 1 or len(mm) != 1:
+            raise ParseError(f"block {b}: malformed levels")
+        if not 0 <= b < n:
+            raise ParseError(f"block {b} is not a block of the model (0..{n - 1})")
+        if b in att:
+            raise ParseError(f"block {b} is given twice")
+        if not 0 <= a[0] <= a_max[b]:
+            raise ParseError(f"block {b}: A={a[0]} is outside 0..{a_max[b]}")
+        if not 0 <= mm[0] <= m_max:
+            raise ParseError(f"block {b}: M={mm[0]} is outside 0..{m_max}")
+        att[b], mlp[b] = a[0], mm[0]
+    missing = [b for b in range(n) if b not in att]
+    if missing:
+        raise ParseError(f"{len(missing)} blocks missing (first: block {missing[0]})")
+    return [att[b] for b in range(n)], [mlp[b] for b in range(n)]
 
 
 class ChatModel:
@@ -118,23 +137,36 @@ class ChatModel:
         self.seconds = 0.0
 
     @torch.no_grad()
-    def answer(self, system: str, user: str, *, max_new_tokens: int, seed: int) -> str:
+    def answer(self, system: str, user: str, *, prefix: str = "", max_new_tokens: int, seed: int,
+               done=None) -> str:  # fmt: skip
+        """The model's answer to ``user`` (after ``system``), continuing from ``prefix``; returns prefix + the
+        generated text. ``done(text)``: stop as soon as the answer so far is complete."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
         t0 = time.perf_counter()
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        enc = self.tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ids = enc["input_ids"].to(next(self.model.parameters()).device)
-        mask = enc.get("attention_mask")
+        text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + prefix
+        ids = self.tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        ids = ids.to(next(self.model.parameters()).device)
+        n0 = ids.shape[1]
+        tok = self.tok
+
+        class _Done(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return done is not None and done(prefix + tok.decode(input_ids[0, n0:], skip_special_tokens=True))
+
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, use_cache=True)
+        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, use_cache=True,
+                  stopping_criteria=StoppingCriteriaList([_Done()]))  # fmt: skip
         if self.temperature > 0:
             kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
-            kw.update(do_sample=False)
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids=ids, attention_mask=None if mask is None else mask.to(ids.device), **kw)
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
         self.seconds += time.perf_counter() - t0
-        return self.tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        return prefix + self.tok.decode(out[0, n0:], skip_special_tokens=True)
 
 
 class LLMOperators:
@@ -155,8 +187,11 @@ class LLMOperators:
         self.seed = seed
         self.rate = rate
         self.plain = PlainOperators(space)
-        self.system = load_prompt("system", version).strip()
-        self.templates = {k: Template(load_prompt(k, version)) for k in ("select", "crossover", "mutate")}
+        self.system = load_prompt("system", version)[0].strip()
+        self.templates, self.prefixes = {}, {}
+        for k in ("select", "crossover", "mutate"):
+            user, prefix = load_prompt(k, version)
+            self.templates[k], self.prefixes[k] = Template(user), prefix
         self.version = version
         self.counts = {k: {"calls": 0, "valid": 0, "invalid": 0, "repaired": 0} for k in self.templates}
         self.errors: dict[str, int] = {}
@@ -200,13 +235,16 @@ class LLMOperators:
                                op, index)  # fmt: skip
             seed = int.from_bytes(hashlib.blake2b(f"{self.seed}:{generation}:{op}:{index}".encode(),
                                                   digest_size=4).digest(), "little")  # fmt: skip
-            answer = self.chat.answer(self.system, prompt, max_new_tokens=max_new_tokens, seed=seed)
+            done = parents_done if op == "select" else genome_done(self.space.n)
+            answer = self.chat.answer(self.system, prompt, prefix=self.prefixes[op], max_new_tokens=max_new_tokens,
+                                      seed=seed, done=done)  # fmt: skip
         self._journal.append({"generation": generation, "op": op, "index": index, "prompt_digest": digest,
                               "answer": answer})  # fmt: skip
         return answer
 
     def _common(self) -> dict:
-        return {"n_blocks": self.space.n, "a_max": max(self.space.n_att) - 1, "m_max": self.space.steps,
+        return {"n_blocks": self.space.n, "last": self.space.n - 1, "a_max": max(self.space.n_att) - 1,
+                "m_max": self.space.steps,
                 "rate_pct": f"{100 * self.rate:g}"}  # fmt: skip
 
     @staticmethod
@@ -219,7 +257,7 @@ class LLMOperators:
         self.errors[f"{op}: {reason}"] = self.errors.get(f"{op}: {reason}", 0) + 1
 
     def _genome_tokens(self) -> int:
-        return 6 * self.space.n + 24
+        return 12 * self.space.n + 16  # one line per block: "block 12: A=2 M=5" is 9 to 11 tokens
 
     # -- operators ----------------------------------------------------------------------------------------------------
     def select(self, pop, fit, rng, generation: int):
@@ -252,8 +290,9 @@ class LLMOperators:
     def crossover(self, a, b, fa, fb, rng, generation: int):
         self.counts["crossover"]["calls"] += 1
         (aa, am), (ba, bm) = self.space.rows(a), self.space.rows(b)
-        fields = {**self._common(), "error_a": f"{fa:.4f}", "error_b": f"{fb:.4f}", "a_att": self._row(aa),
-                  "a_mlp": self._row(am), "b_att": self._row(ba), "b_mlp": self._row(bm)}  # fmt: skip
+        pairs = "\n".join(f"block {i}: A={aa[i]} M={am[i]} (parent 2: A={ba[i]} M={bm[i]})"
+                          for i in range(self.space.n))  # fmt: skip
+        fields = {**self._common(), "error_a": f"{fa:.4f}", "error_b": f"{fb:.4f}", "pairs": pairs}
         g = self._genome("crossover", self._ask("crossover", generation, fields, self._genome_tokens()))
         return g if g is not None else self.plain.crossover(a, b, fa, fb, rng, generation)
 
@@ -262,8 +301,8 @@ class LLMOperators:
         att, mlp = self.space.rows(g)
         bg, bf = best if best is not None else (g, float("nan"))
         ba, bm = self.space.rows(bg)
-        fields = {**self._common(), "att": self._row(att), "mlp": self._row(mlp), "best_att": self._row(ba),
-                  "best_mlp": self._row(bm), "best_error": f"{bf:.4f}"}  # fmt: skip
+        pairs = "\n".join(f"block {i}: A={att[i]} M={mlp[i]} (best: A={ba[i]} M={bm[i]})" for i in range(self.space.n))
+        fields = {**self._common(), "pairs": pairs, "best_error": f"{bf:.4f}"}
         out = self._genome("mutate", self._ask("mutate", generation, fields, self._genome_tokens()))
         return out if out is not None else self.plain.mutate(g, rng, generation)
 

@@ -73,14 +73,26 @@ class StructuredSpace:
             out = self.budget.spread(out, sign * left * self.unit)
         return Allocation(levels, out)
 
+    def _badness(self, g) -> tuple[float, float]:
+        """(how far the grid is outside its tolerance, how far the decoded allocation is from the target beyond half
+        a channel): both zero for a valid genotype."""
+        grid = self.grid_removed(g) - self.target
+        final = self.budget.total_removed(self.allocation(g)) - self.target
+        return max(abs(grid) - self.tolerance, 0.0), max(abs(final) - self.unit / 2, 0.0)
+
     def repair_one(self, g) -> np.ndarray:
-        """Clip and round, then move levels until the grid is within half a level per block of the target."""
+        """Clip and round, then move levels until the grid is within half a level per block of the target and the
+        decoded allocation (the grid plus the spread remainder) within half a channel of it. A move steps the largest
+        MLP level down (or the smallest up; ties: the lowest block), else an attention level, and is taken only if it
+        brings the genotype closer."""
         g = np.clip(np.round(np.asarray(g, dtype=float)), self.xl, self.xu).astype(np.int64)
         n = self.n
+        bad = self._badness(g)
         for _ in range(40 * n * (self.steps + 1)):
-            d = self.grid_removed(g) - self.target
-            if abs(d) <= self.tolerance:
+            if bad == (0.0, 0.0):
                 break
+            d = self.grid_removed(g) - self.target if bad[0] > 0 else \
+                self.budget.total_removed(self.allocation(g)) - self.target  # fmt: skip
             step = -1 if d > 0 else 1
             moved = False
             for part in ("mlp", "attention"):
@@ -88,16 +100,37 @@ class StructuredSpace:
                 idx = [j for j in range(lo, hi) if self.xl[j] <= g[j] + step <= self.xu[j]]
                 if not idx:
                     continue
-                # the largest level steps down (or the smallest up); ties: the lowest block
                 j = max(idx, key=lambda j: (g[j], -j)) if step < 0 else min(idx, key=lambda j: (g[j], j))
                 g2 = g.copy()
                 g2[j] += step
-                if abs(self.grid_removed(g2) - self.target) < abs(d):
-                    g = g2
-                    moved = True
+                if part == "attention":  # an attention step moves many parameters: let the MLP levels answer it
+                    g2 = self._rebalance_mlp(g2)
+                bad2 = self._badness(g2)
+                if bad2 < bad:
+                    g, bad, moved = g2, bad2, True
                     break
             if not moved:
                 break
+        return g
+
+    def _rebalance_mlp(self, g: np.ndarray) -> np.ndarray:
+        """MLP level steps (the largest down, or the smallest up) while they bring the grid closer to the target and
+        it is outside its tolerance."""
+        n = self.n
+        for _ in range(n * (self.steps + 1)):
+            d = self.grid_removed(g) - self.target
+            if abs(d) <= self.tolerance:
+                break
+            step = -1 if d > 0 else 1
+            idx = [j for j in range(n, 2 * n) if self.xl[j] <= g[j] + step <= self.xu[j]]
+            if not idx:
+                break
+            j = max(idx, key=lambda j: (g[j], -j)) if step < 0 else min(idx, key=lambda j: (g[j], j))
+            g2 = g.copy()
+            g2[j] += step
+            if abs(self.grid_removed(g2) - self.target) >= abs(d):
+                break
+            g = g2
         return g
 
     def repair(self, X: np.ndarray) -> np.ndarray:
