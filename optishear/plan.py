@@ -81,9 +81,14 @@ def _render_block_sparsity(value) -> str:
 def _parse_layer_rates(text: str):
     """CLI form of ``layer_rates``: ``uniform``, ``adaptive``, inline JSON, or a file (see
     ``methods.structured.read_layer_rates``)."""
+    import argparse
+
     from .methods.structured import read_layer_rates
 
-    return read_layer_rates(text)
+    try:
+        return read_layer_rates(text)
+    except (ValueError, FileNotFoundError) as err:  # argparse shows an ArgumentTypeError's own message (exit 2)
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _render_layer_rates(value) -> str:
