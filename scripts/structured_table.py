@@ -43,7 +43,8 @@ def run_row(name: str, plan: Plan | None, args, done: set, results: Path) -> Non
     if plan is not None:
         res = prune(model, tok, plan, progress=False)
         out = save_pruned(model, tok, Path(args.out) / name, make_recipe(plan, res, model))
-        row.update(importance=plan.importance, layer_rates=plan.layer_rates if isinstance(plan.layer_rates, str)
+        lr = plan.layer_rates
+        row.update(importance=plan.importance, layer_rates="uniform" if lr is None else lr if isinstance(lr, str)
                    else "given", stats=plan.stats, target=plan.rate, reduction=res.sparsity,
                    plain_loadable=res.structure["plain_loadable"], prune_seconds=round(res.seconds, 1),
                    attention_rates=res.structure["layer_rates"]["attention"],
