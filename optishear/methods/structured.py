@@ -8,7 +8,8 @@ norms and biases included; a bias added by FLAP's compensation counts as added).
 under grouped-query attention (``attention_levels``), the MLP in single channels, so every allocation fills the
 budget with MLP channels after the attention is set: the achieved reduction is the target to within one channel's
 parameters, except for ``uniform``, where every block gets the same sizes (so the model stays a plain
-transformers config) and the reduction is the nearest such.
+transformers config) and the reduction is the nearest such. ``uniform`` takes the largest attention level not above
+the rate (as FLAP's ``int(rate * heads)``) and lets the MLP make up the rest.
 
 **Per-block rates** (``layer_rates``): ``{"attention": [...], "mlp": [...]}``, one value per block. An attention rate
 is the fraction of the attention's weight parameters removed, ``1 - (kept query heads + kept KV heads) / (query
@@ -247,16 +248,18 @@ class Budget:
         chans = [int(round(r * self.layouts[i].channels)) for i, r in enumerate(rates["mlp"])]
         return Allocation(levels, chans)
 
-    def nearest_level(self, i: int, rate: float) -> int:
-        """The attention level nearest ``rate`` (ties: the smaller removal)."""
-        return min(range(len(self.levels[i])), key=lambda k: (abs(self.levels[i][k].rate - rate), k))
+    def floor_level(self, i: int, rate: float) -> int:
+        """The largest attention level whose rate does not exceed ``rate`` (FLAP's uniform structure takes
+        ``int(rate * heads)`` heads, rounding down the same way)."""
+        return max(k for k, lv in enumerate(self.levels[i]) if lv.rate <= rate + 1e-9)
 
     def uniform(self, rate: float) -> Allocation:
-        """Every block alike: the attention level nearest ``rate``, and the channel count that brings the block
-        nearest ``rate`` of its parameters (the same for every block with the same sizes)."""
+        """Every block alike: the largest attention level not above ``rate`` (GQA allows few: for SmolLM2 0, 1/4,
+        1/3, 1/2...), and the channel count that brings the block nearest ``rate`` of its parameters (the same for
+        every block with the same sizes)."""
         levels, chans = [], []
         for i in range(self.n):
-            lv = self.nearest_level(i, rate)
+            lv = self.floor_level(i, rate)
             need = rate * self.block_total[i] - self.attn_removed(i, lv) + self.added_bias(i)
             c = int(round(need / self.mlp[i]["ch_unit"]))
             levels.append(lv)

@@ -156,9 +156,22 @@ class StructuredSpace:
         return self.repair_one(np.array(g, dtype=float))
 
     def swap(self, g, rng: np.random.RandomState, part: str | None = None) -> np.ndarray:
-        """DarwinLM's level swap: one block one level up, another one level down (same part), repaired."""
+        """A small move, repaired: DarwinLM's level swap within the attention or the MLP levels (one block one level
+        up, another one level down), or (``step``) one attention level up or down with the MLP levels answering it,
+        which moves parameters between attention and MLP. Drawn 1/4 attention swap, 1/2 MLP swap, 1/4 step."""
         g = np.array(g, dtype=np.int64)
-        part = part or ("attention" if rng.rand() < 0.3 else "mlp")
+        if part is None:
+            u = rng.rand()
+            part = "attention" if u < 0.25 else "mlp" if u < 0.75 else "step"
+        if part == "step":
+            i = rng.randint(self.n)
+            s = 1 if rng.rand() < 0.5 else -1
+            if not self.xl[i] <= g[i] + s <= self.xu[i]:
+                s = -s
+            if self.xl[i] <= g[i] + s <= self.xu[i]:
+                g[i] += s
+                g = self._rebalance_mlp(g)
+            return self.repair_one(g)
         lo = 0 if part == "attention" else self.n
         for _ in range(20):
             i, j = rng.choice(self.n, size=2, replace=False)
