@@ -41,6 +41,7 @@ class PruneResult:
         masks: bit-packed pruned masks per linear (uint8 [out, ceil(in/8)]), when asked for.
         seconds: wall time of the pruning.
         gradient_seconds: wall time of the gradient pass (0 when none ran, or it was loaded from the cache).
+        structure: for methods that change shapes (structured), what every block kept and the parameter counts.
     """
 
     layer_sparsity: dict[str, float]
@@ -50,6 +51,7 @@ class PruneResult:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     gradient_seconds: float = 0.0
+    structure: dict | None = None
 
 
 def plan_windows(plan: Plan, tokenizer, model) -> torch.Tensor:
@@ -97,6 +99,15 @@ def prune(
     plan = replace(plan or Plan(), **overrides)
     plan.validate()
     method = method_for(plan)
+    if hasattr(method, "prune_model"):  # methods that decide across blocks before cutting any (structured)
+        snapshot = snapshot if snapshot is not None else WeightSnapshot()
+        try:
+            return method.prune_model(model, tokenizer, windows=windows, stats=stats, snapshot=snapshot,
+                                      keep_masks=keep_masks, backend=backend, progress=progress,
+                                      window_fn=lambda: plan_windows(plan, tokenizer, model))  # fmt: skip
+        except BaseException:
+            snapshot.restore()
+            raise
     linears = model_linears(model, plan.targets, plan.ignore)
     per_block = plan.block_sparsities(len(linears))
     method.check_model(linears)

@@ -106,6 +106,21 @@ def _parse_module_sparsity(text: str) -> dict:
 
 def _render_module_sparsity(value) -> str:
     return json.dumps(value, separators=(",", ":"))
+def _parse_layer_rates(text: str):
+    """CLI form of ``layer_rates``: ``uniform``, ``adaptive``, inline JSON, or a file (see
+    ``methods.structured.read_layer_rates``)."""
+    import argparse
+
+    from .methods.structured import read_layer_rates
+
+    try:
+        return read_layer_rates(text)
+    except (ValueError, FileNotFoundError) as err:  # argparse shows an ArgumentTypeError's own message (exit 2)
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _render_layer_rates(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _parse_stats(text: str) -> str:
@@ -151,6 +166,11 @@ class Plan:
         module_sparsity: ``{"attn": [one per block], "mlp": [one per block]}``: each block's attention linears and
             MLP linears get their own sparsity (``module_kind``); overrides ``sparsity``, unstructured only.
         grad_dtype: how gradient statistics are kept (``float32`` or ``bfloat16``), for metrics that read G.
+        structured: remove whole attention heads and MLP channels (``methods.structured``) instead of weights.
+        rate: structured: the fraction of the decoder blocks' parameters to remove.
+        importance: structured: how heads and channels are scored (``flap``, ``wanda-sp``, ``magnitude``).
+        layer_rates: structured: ``uniform`` (None), ``adaptive`` (FLAP's allocation across blocks) or per-block
+            rates ``{"attention": [...], "mlp": [...]}`` (from a file on the command line).
     """
 
     metric: str = opt("wanda", type=str, help="wanda | magnitude | magnitude-row | ria | sparsegpt | "
@@ -181,12 +201,23 @@ class Plan:
     grad_dtype: str = opt("float32", type=str, choices=("float32", "bfloat16"),
                           help="gradient statistics G (symbolic metrics that use G): float32, or bfloat16 (half the "
                                "memory and cache)")  # fmt: skip
+    structured: bool = opt(False, kind="bool", help="remove whole attention heads and MLP channels (model surgery)")
+    rate: float = opt(0.3, type=float, help="structured: fraction of the decoder blocks' parameters to remove")
+    importance: str = opt("flap", type=str, choices=("flap", "wanda-sp", "magnitude"),
+                          help="structured: head/channel importance")
+    layer_rates: dict | str | None = opt(
+        None, parse=_parse_layer_rates, render=_render_layer_rates,
+        help="structured: uniform | adaptive | FILE (JSON {\"attention\": [...], \"mlp\": [...]}, or a recipe)",
+    )  # fmt: skip
 
     # -- validation ------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check everything that does not need the model (the method checks its own fields)."""
         from .methods import method_for
 
+        if self.structured and (self.update != "none" or self.module_sparsity is not None):
+            raise ValueError("structured pruning removes whole heads and channels: it takes neither --update nor "
+                             "--module-sparsity (its per-block rates are --layer-rates)")  # fmt: skip
         method_for(self).validate(self)
         check_sparsity(self.sparsity)
         nm = parse_structure(self.structure)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 logger = logging.getLogger("optishear")
-HELP = "prune a model with one plan and save it with its recipe"
+HELP = "prune a model with one plan (unstructured, N:M, or --structured) and save it with its recipe"
 
 
 def add_arguments(p) -> None:
@@ -45,8 +45,16 @@ def run(args) -> dict:
            "prune_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     if result.gradient_seconds:
         out["gradient_seconds"] = round(result.gradient_seconds, 2)
-    logger.info("pruned %d linears: achieved sparsity %.4f, masks %s", len(result.layer_sparsity), result.sparsity,
-                result.mask_digest)  # fmt: skip
+    if result.structure is not None:  # structured: parameters removed, not zeros
+        st = result.structure
+        out.update(target_rate=plan.rate, reduction=round(st["reduction"], 6), decoder_params=st["params_after"],
+                   decoder_params_dense=st["params_before"], plain_loadable=st["plain_loadable"],
+                   layer_rates=st["layer_rates"])  # fmt: skip
+        logger.info("structured: decoder parameters %d -> %d (%.4f removed)", st["params_before"], st["params_after"],
+                    st["reduction"])  # fmt: skip
+    else:
+        logger.info("pruned %d linears: achieved sparsity %.4f, masks %s", len(result.layer_sparsity), result.sparsity,
+                    result.mask_digest)  # fmt: skip
     if args.save:
         out["saved"] = str(save_pruned(model, tok, args.save, make_recipe(plan, result, model)))
     if args.eval_ppl:

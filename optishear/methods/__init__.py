@@ -5,8 +5,10 @@
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
 | ``sparsegpt.py`` | SparseGPT's mask and OBS weight update (``obs.py``) | ``sparsegpt`` |
 | ``expression.py`` | a symbolic metric over W, G, X through the fused kernels | ``pruner-zero``, ``expr:<tree>`` |
+| ``structured.py`` | remove whole heads and MLP channels (surgery) | any, with ``structured=True`` |
 
-The plan's ``update`` (``sparsegpt``) wraps any method: its mask, then the OBS update with the mask fixed.
+The plan's ``update`` (``sparsegpt``) wraps any unstructured method: its mask, then the OBS update with the mask
+fixed.
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """
@@ -17,8 +19,9 @@ from .base import BlockJob, MaskSink, Method, mask_digest
 from .expression import ExpressionMethod
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
 from .sparsegpt import SparseGPTMethod, SparseGPTUpdate, with_update
+from .structured import StructuredMethod
 
-METHODS: list[type[Method]] = [SparseGPTMethod, MetricMethod, ExpressionMethod]
+METHODS: list[type[Method]] = [StructuredMethod, SparseGPTMethod, MetricMethod, ExpressionMethod]
 
 
 def method_for(plan) -> Method:
@@ -28,11 +31,12 @@ def method_for(plan) -> Method:
         ValueError: no method knows the plan's metric (the message lists what is accepted).
     """
     for cls in METHODS:
-        if cls.handles(plan.metric):
+        if cls.handles_plan(plan):
             return with_update(cls(plan), getattr(plan, "update", "none"))
     resolve_metric(plan.metric)  # raises the metric's own message, with the accepted forms
     raise ValueError(f"no pruning method handles metric {plan.metric!r}")
 
 
 __all__ = ["BlockJob", "MaskSink", "Method", "mask_digest", "NAMED", "Metric", "MetricMethod", "prune_matrix",
-           "resolve_metric", "METHODS", "method_for", "SparseGPTMethod", "SparseGPTUpdate"]  # fmt: skip
+           "resolve_metric", "METHODS", "method_for", "SparseGPTMethod", "SparseGPTUpdate",
+           "StructuredMethod"]  # fmt: skip

@@ -122,6 +122,12 @@ class Method:
         """Whether the plan's ``metric`` names this method."""
         return False
 
+    @classmethod
+    def handles_plan(cls, plan: "Plan") -> bool:
+        """Whether this method prunes with ``plan`` (default: ``handles(plan.metric)``; a method chosen by another
+        plan field, such as ``structured``, overrides this)."""
+        return cls.handles(plan.metric)
+
     def __init__(self, plan: "Plan"):
         self.plan = plan
 

@@ -93,12 +93,18 @@ def resolve_model_path(model: str | os.PathLike | None) -> str:
 
 
 def load_model(model: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, device="cpu"):
-    """Load (model, tokenizer) for pruning: eval mode, no KV cache."""
+    """Load (model, tokenizer) for pruning: eval mode, no KV cache. A structurally pruned model saved by OptiShear
+    (``config.optishear_structure``) is rebuilt block by block (``structure_io.load_structured``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .structure_io import load_structured, structure_of
 
     path = resolve_model_path(model)
     try:
-        net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if structure_of(path) is not None:  # a structurally pruned model (per-block sizes): models/structure_io.py
+            net = load_structured(path, dtype=dtype)
+        else:
+            net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:
         raise FileNotFoundError(f"cannot load a causal LM from {path!r}: {err}") from err
     tok = AutoTokenizer.from_pretrained(path)

@@ -17,6 +17,12 @@ class WeightSnapshot:
 
     def __init__(self):
         self._saved: dict[int, tuple[LinearRef, torch.Tensor, torch.Tensor | None]] = {}
+        self._undo: list = []
+
+    def add_undo(self, fn) -> None:
+        """Register ``fn()`` to run at the next ``restore()`` (once, latest first, before the weights are put back): a
+        method that replaces whole modules (structured surgery) puts the dense ones back this way."""
+        self._undo.append(fn)
 
     def save(self, ref: LinearRef) -> None:
         key = id(ref.module)
@@ -40,6 +46,8 @@ class WeightSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
+        while self._undo:
+            self._undo.pop()()
         for ref, w, b in self._saved.values():
             self._put(ref.module.weight, w)
             if b is not None and getattr(ref.module, "bias", None) is not None:

@@ -10,8 +10,9 @@ from ..codec import opt
 from ..plan import Plan, check_sparsity
 
 SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-modules", "metric-then-modules",
-          "symbolic")
+          "symbolic", "structured")
 ROW_METRIC_SPACES = ("metric", "symbolic")  # spaces that search the metric only (any structure, fixed blocks)
+OPERATORS = ("ga", "llm")
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -68,6 +69,11 @@ class SearchConfig:
             treated as infeasible by the optimizer; past this many the search stops with an error. (A symbolic tree
             whose scores overflow is infeasible without counting here.)
         tree_size: the symbolic space's size limit, in nodes of a tree's canonical form.
+        operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
+            operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
+            parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
+            the packaged SmolLM2-135M-Instruct), its sampling temperature (0: greedy), and the MLP grid (levels of
+            1/mlp_steps of the channels).
     """
 
     plan: Plan = field(default_factory=search_plan_defaults, metadata={"nested": Plan})
@@ -91,6 +97,11 @@ class SearchConfig:
     validate_seqlen: int = opt(512, type=int, help="tokens per held-out prompt")
     max_failures: int = opt(10, type=int, help="failed trials tolerated before the search stops")
     tree_size: int = opt(17, type=int, help="symbolic space: most nodes a tree may have")
+    operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
+    operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
+                                     "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
+    operator_temperature: float = opt(0.7, type=float, help="structured: LLM sampling temperature (0: greedy)")
+    mlp_steps: int = opt(16, type=int, help="structured: MLP levels per block (steps of 1/mlp_steps of the channels)")
 
     def validate(self) -> None:
         if not isinstance(self.plan, Plan):
@@ -100,6 +111,20 @@ class SearchConfig:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if (self.space == "structured") != bool(self.plan.structured):
+            raise ValueError("--space structured searches structured per-block rates and needs a structured plan "
+                             "(plan.structured=True; the CLI sets it), and a structured plan needs --space structured")
+        if self.operators not in OPERATORS:
+            raise ValueError(f"operators must be one of {OPERATORS}, got {self.operators!r}")
+        if self.space == "structured":
+            _pos_int(self.mlp_steps, "mlp_steps")
+            if self.plan.layer_rates is not None and self.plan.layer_rates != "uniform":
+                raise ValueError("--space structured searches the per-block rates: the plan must not fix them "
+                                 "(layer_rates uniform)")  # fmt: skip
+            if not self.operator_temperature >= 0:
+                raise ValueError(f"operator_temperature must be >= 0, got {self.operator_temperature}")
+            if self.pop_size < 2:
+                raise ValueError(f"the structured search needs pop_size >= 2, got {self.pop_size}")
         if self.plan.nm is not None and self.space not in ROW_METRIC_SPACES:
             raise ValueError("N:M fixes every block's sparsity: only --space metric or symbolic applies")
         if self.space == "symbolic" and self.tradeoff:
@@ -167,4 +192,4 @@ class SearchConfig:
         return cfg
 
 
-__all__ = ["SearchConfig", "SPACES", "ALGORITHMS", "OBJECTIVES", "search_plan_defaults"]
+__all__ = ["SearchConfig", "SPACES", "ALGORITHMS", "OBJECTIVES", "OPERATORS", "search_plan_defaults"]

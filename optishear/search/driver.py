@@ -26,7 +26,7 @@ from .report import plot
 from .runner import TrialRunner
 from .select import Validator, choose
 from .stages import STAGES
-from .trials import TrialLog, TrialRecord
+from .trials import TrialLog, TrialRecord, append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class _Run:
         self.hashes: set[str] = set()
         self.failed: set[str] = set()
         self.tolerated: set[str] = set()  # failures the space expects (overflowing trees): not held against the limit
+        self.operator_stats: dict | None = None
 
     def stage(self, space, opt):
         """Run one stage to the end: ask -> decode -> dedupe -> executor -> log -> tell, per generation.
@@ -90,8 +91,13 @@ class _Run:
         cfg, runner, stage = self.cfg, self.runner, space.stage
         records: dict[str, TrialRecord] = {}
         baseline = None
+        journal = self.log.path.parent / "operators.jsonl"  # an optimizer's own record (the LLM's answers)
+        if hasattr(opt, "replay"):
+            opt.replay([r for r in read_jsonl(journal) if r.get("stage", stage) == stage])
         while opt.has_next():
             X = opt.ask()
+            for rec in getattr(opt, "drain_journal", list)():
+                append_jsonl(journal, {"stage": stage, **rec})
             keys = [space.key(x) for x in X]
             baseline = baseline or keys[0]
             t_gen = time.perf_counter()
@@ -164,6 +170,9 @@ class _Run:
                              "failed": len(self.failed), "best": best, "pareto": len(opt.front()),
                              "seconds_per_trial": secs, "seconds_per_new_trial": per_new, "workers": workers,
                              "workers_busy": busy_avg, "trials_per_minute": per_min})  # fmt: skip
+        if getattr(opt, "stats", None) is not None:  # the optimizer's own counts (LLM answers valid / fallen back)
+            self.history[-1]["operators"] = opt.stats
+            self.operator_stats = opt.stats
         logger.info("[%s] gen %d/%d  trials %d  distinct %d  failed %d  best %.6g  pareto %d  %.2f s/trial "
                     "(%d new, %.2f s each)  workers %.1f/%d busy  %.1f trials/min", stage, gen + 1,
                     self.cfg.generations, self.proposed, len(self.hashes), len(self.failed), best, len(opt.front()),
@@ -229,6 +238,9 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         on_trial: called with each newly written trial record (tests use it to interrupt a run).
     """
     config.validate()
+    if config.plan.structured and describe_spec(executor).get("kind") not in ("local", None):
+        raise ValueError("the structured search runs on the local executor only for now (its trials change shapes, "
+                         "which the Ray workers' restore between trials is not tested with): drop --executor")
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +297,8 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
                             "trials": run.proposed, "distinct": len(run.hashes), "failed": len(run.failed),
                             "validation": chosen.get("validation"),
                             "gradient_seconds": grads.computed_seconds if grads is not None else None}  # fmt: skip
+        if run.operator_stats is not None:
+            recipe["search"]["operators"] = run.operator_stats
         write_json_atomic(out / "optishear_recipe.json", recipe)
         write_json_atomic(out / "pareto.json", pareto)
         write_json_atomic(out / "history.json", run.history)

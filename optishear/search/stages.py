@@ -51,6 +51,30 @@ def module_stage(cfg: SearchConfig, runner, name: str, search_metric: bool) -> S
     return build
 
 
+def structured_stage(cfg: SearchConfig, runner) -> StageBuilder:
+    """Per-block structured rates (``structured_space``) with the plain or the LLM-driven evolution."""
+
+    def build(prev: dict | None):
+        from ..methods.structured import Budget
+        from ..models.surgery import family_for
+        from .evolution import EvolutionOptimizer, PlainOperators
+        from .structured_space import StructuredSpace
+
+        space = StructuredSpace("structured", cfg, Budget(runner.model, family_for(runner.model),
+                                                          cfg.plan.importance == "flap"))  # fmt: skip
+        if cfg.operators == "llm":
+            from .llm_operators import LLMOperators, load_chat_model
+
+            chat = load_chat_model(cfg.operator_model, temperature=cfg.operator_temperature)
+            ops = LLMOperators(space, chat, seed=cfg.plan.seed, rate=cfg.plan.rate)
+        else:
+            ops = PlainOperators(space)
+        return space, EvolutionOptimizer(space, ops, pop_size=cfg.pop_size, generations=cfg.generations,
+                                         seed=cfg.plan.seed)  # fmt: skip
+
+    return build
+
+
 STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
     "metric": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False)],
     "blocks": lambda cfg, runner: [vector_stage(cfg, runner, "blocks", False, True)],
@@ -62,7 +86,8 @@ STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
     "metric-then-modules": lambda cfg, runner: [vector_stage(cfg, runner, "metric", True, False),
                                                 module_stage(cfg, runner, "modules", False)],
     "symbolic": lambda cfg, runner: [symbolic_stage(cfg, runner)],
+    "structured": lambda cfg, runner: [structured_stage(cfg, runner)],
 }  # fmt: skip
 
 
-__all__ = ["STAGES", "StageBuilder", "vector_stage", "module_stage"]
+__all__ = ["STAGES", "StageBuilder", "vector_stage", "module_stage", "structured_stage"]
