@@ -1,12 +1,13 @@
 """Canonical forms of symbolic metrics: every rewrite rule keeps every row's mask, rule by rule, on random data."""
 
 import random
+import zlib
 
 import pytest
 import torch
 from optishear_kernels import PRUNER_ZERO, canonical, parse_expr
 from optishear_kernels.canonical import RULES
-from optishear_kernels.expr import Expr, random_tree
+from optishear_kernels.expr import Expr, expr_score, random_tree
 from optishear_kernels.prune import fused_prune_torch
 
 
@@ -27,14 +28,27 @@ def _masks(tree, data):
     return out
 
 
+def _distinct_per_row(tree, data):
+    w, g, x = data
+    s = expr_score(w, g, x, tree)
+    return [len(torch.unique(row)) for row in s]
+
+
 def _same_masks(a, b, seeds=(0, 1, 2)):
-    """Masks of ``a`` and ``b`` equal on random data (samples where ``a`` itself is not finite are skipped)."""
+    """Masks of ``a`` and ``b`` equal on random data.
+
+    Skipped samples: those where ``a`` itself is not finite, and those where float32 rounding merged scores that one
+    tree keeps apart (a row with fewer distinct scores under one tree than under the other: ``zsn(exp(exp(W)))``
+    maps many distinct values to one). The rules are exact in real arithmetic; a tie that rounding creates is
+    broken by position, which no rank-preserving rewrite can promise to keep."""
     checked = 0
     for seed in seeds:
         data = _data(seed)
         try:
             ma = _masks(a, data)
         except FloatingPointError:
+            continue
+        if _distinct_per_row(a, data) != _distinct_per_row(b, data):
             continue
         mb = _masks(b, data)
         assert all(torch.equal(p, q) for p, q in zip(ma, mb)), f"{a.text} -> {b.text}: masks differ (seed {seed})"
@@ -101,7 +115,7 @@ def test_every_rule_has_patterns():
 
 @pytest.mark.parametrize("rule", RULES)
 def test_each_rule_keeps_every_rows_mask(rule):
-    rng = random.Random(hash(rule) % 2**31)
+    rng = random.Random(zlib.crc32(rule.encode()))  # hash() of a str changes per process
     fired = checked = 0
     for pattern in PATTERNS[rule]:
         for _ in range(12):
