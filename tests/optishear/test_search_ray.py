@@ -87,7 +87,7 @@ def _assert_same_run(a, b):
     assert json.loads((a / "pareto.json").read_text()) == json.loads((b / "pareto.json").read_text())
 
 
-@pytest.mark.parametrize("space,objective", [("metric", "kl"), ("blocks", "fro")])
+@pytest.mark.parametrize("space,objective", [("metric", "kl"), ("blocks", "fro"), ("symbolic", "kl")])
 def test_two_ray_workers_give_the_serial_runs_trials_and_recipe(tmp_path, ray_instance, space, objective):
     cfg = _cfg(space, objective=objective)
     serial = _search(tmp_path / "serial", cfg)
@@ -108,6 +108,9 @@ def test_two_ray_workers_give_the_serial_runs_trials_and_recipe(tmp_path, ray_in
     hist = json.loads((tmp_path / "ray" / "history.json").read_text())
     assert all(h["workers"] == 2 for h in hist) and hist[0]["trials_per_minute"] > 0 and hist[0]["workers_busy"] > 0
     assert not ex._slots, "close() stops the workers"
+    if space == "symbolic":  # the gradient statistics travel once with the state, and the trials read them
+        assert ex.state["gradients"] is not None and manifest["gradients"]["digest"]
+        assert any("G" in t["metric"] for t in _trials(tmp_path / "ray"))
 
 
 @pytest.mark.parametrize("objective", ["kl", "fro"])
