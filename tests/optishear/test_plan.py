@@ -13,12 +13,14 @@ PLAN_VALUES = dict(metric="w:row*sqrt,x:none*log", sparsity=0.6, structure="2:4"
                    owl_m=7.0, owl_lambda=0.05, targets=["mlp.*", "3.self_attn.q_proj"], ignore=["*down_proj"],
                    stats="dense", calib="some/dir with space/wiki.valid.raw", nsamples=3, seqlen=96, seed=11,
                    batch_size=5, update="sparsegpt", grad_dtype="bfloat16",
-                   module_sparsity={"attn": [0.25, 0.5], "mlp": [0.5, 0.75]})  # fmt: skip
+                   module_sparsity={"attn": [0.25, 0.5], "mlp": [0.5, 0.75]}, structured=True, rate=0.45,
+                   importance="wanda-sp", layer_rates={"attention": [0.25, 0.5], "mlp": [0.125, 0.5]})  # fmt: skip
 SEARCH_VALUES = dict(space="metric-then-blocks", algorithm="nsga2", objective="fro", tradeoff=True,
                      sparsity_levels=[0.3, 0.55], pop_size=7, generations=3, band=0.1, step=0.025, mutation_eta=9.5,
                      eliminate_duplicates=True, population="off", objective_windows=0, objective_seqlen=64,
                      validate_top=2, validate_windows=5, validate_seqlen=128, max_failures=3,
-                     tree_size=9)  # fmt: skip
+                     tree_size=9, operators="llm", operator_model="some/instruct model", operator_temperature=0.0,
+                     mlp_steps=8)  # fmt: skip
 
 
 def _parse(cls, argv):
