@@ -44,6 +44,23 @@ class PruneOutput(NamedTuple):
     packed_mask: torch.Tensor | None
 
 
+def _selection(cols: int, sparsity, nm, want_weight, want_mask) -> int | None:
+    """The checks every prune shares after its inputs': what to write and what to select. Returns the weights
+    pruned per row (unstructured), or None for N:M."""
+    if not (want_weight or want_mask):
+        raise ValueError("ask for at least one of write_weight / write_mask")
+    if (sparsity is None) == (nm is None):
+        raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
+    if nm is not None:
+        n, m = nm
+        if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n < m:
+            raise ValueError(f"N:M needs integers 0 <= N < M, got {n}:{m}")
+        if cols % m:
+            raise ValueError(f"N:M {n}:{m} needs the columns ({cols}) to be a multiple of M={m}")
+        return None
+    return _k(cols, sparsity)
+
+
 def _validate(w, x_sq, sparsity, nm, want_weight, want_mask):
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError(f"w must be a 2-D tensor [out, in], got {getattr(w, 'shape', type(w))}")
@@ -58,18 +75,7 @@ def _validate(w, x_sq, sparsity, nm, want_weight, want_mask):
         raise ValueError("x_sq (mean of x^2) must be >= 0")
     if not all_finite(w):
         raise ValueError("w contains NaN or inf")
-    if not (want_weight or want_mask):
-        raise ValueError("ask for at least one of write_weight / write_mask")
-    if (sparsity is None) == (nm is None):
-        raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
-    if nm is not None:
-        n, m = nm
-        if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n < m:
-            raise ValueError(f"N:M needs integers 0 <= N < M, got {n}:{m}")
-        if cols % m:
-            raise ValueError(f"N:M {n}:{m} needs the columns ({cols}) to be a multiple of M={m}")
-        return None
-    return _k(cols, sparsity)
+    return _selection(cols, sparsity, nm, want_weight, want_mask)
 
 
 def _k(cols: int, sparsity) -> int:
@@ -116,18 +122,7 @@ def _validate_symbolic(w, g, x_sq, tree: Expr, sparsity, nm, want_weight, want_m
         raise ValueError(f"w must be float32, bfloat16 or float16, got {w.dtype}")
     if not all_finite(w):
         raise ValueError("w contains NaN or inf")
-    if not (want_weight or want_mask):
-        raise ValueError("ask for at least one of write_weight / write_mask")
-    if (sparsity is None) == (nm is None):
-        raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
-    if nm is not None:
-        n, m = nm
-        if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n < m:
-            raise ValueError(f"N:M needs integers 0 <= N < M, got {n}:{m}")
-        if cols % m:
-            raise ValueError(f"N:M {n}:{m} needs the columns ({cols}) to be a multiple of M={m}")
-        return None
-    return _k(cols, sparsity)
+    return _selection(cols, sparsity, nm, want_weight, want_mask)
 
 
 def _raise_nonfinite(tree: Expr, bad_rows: torch.Tensor) -> None:

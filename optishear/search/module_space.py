@@ -13,6 +13,7 @@ from optishear_kernels import COEFFICIENTS, TRANSFORMS, MetricConfig
 
 from ..plan import MODULE_KINDS, module_kind
 from .config import SearchConfig
+from .spaces import seed_genotypes
 
 
 def kind_sizes(linears) -> np.ndarray:
@@ -112,14 +113,7 @@ class ModuleSpace:
 
     def seed_population(self, rng: np.random.RandomState, n: int, baseline_first: bool) -> np.ndarray:
         """Uniform random genotypes, repaired; the first is the baseline (Wanda / the fixed metric, uniform)."""
-        X = np.stack([rng.randint(int(lo), int(hi) + 1, size=n) for lo, hi in zip(self.xl, self.xu)], axis=1)
-        X = X.astype(float)
-        if baseline_first:
-            X[0, :] = 0
-            if self.cfg.tradeoff:
-                lv = self.cfg.sparsity_levels
-                X[0, -1] = lv.index(self.cfg.plan.sparsity) if self.cfg.plan.sparsity in lv else 0
-        return self.repair(X)
+        return seed_genotypes(self, rng, n, baseline_first)
 
 
 __all__ = ["ModuleSpace", "kind_sizes", "repair_exact"]

@@ -103,14 +103,20 @@ class VectorSpace:
 
     def seed_population(self, rng: np.random.RandomState, n: int, baseline_first: bool) -> np.ndarray:
         """Uniform random genotypes, repaired; the first is the baseline (Wanda, uniform blocks at the target)."""
-        X = np.stack([rng.randint(int(lo), int(hi) + 1, size=n) for lo, hi in zip(self.xl, self.xu)], axis=1)
-        X = X.astype(float)
-        if baseline_first:
-            X[0, :] = 0
-            if self.cfg.tradeoff:
-                lv = self.cfg.sparsity_levels
-                X[0, -1] = lv.index(self.cfg.plan.sparsity) if self.cfg.plan.sparsity in lv else 0
-        return self.repair(X)
+        return seed_genotypes(self, rng, n, baseline_first)
 
 
-__all__ = ["VectorSpace", "repair_offsets"]
+def seed_genotypes(space, rng: np.random.RandomState, n: int, baseline_first: bool) -> np.ndarray:
+    """``n`` uniform random integer genotypes within ``space.xl``/``space.xu``, repaired by ``space.repair``; with
+    ``baseline_first`` the first is all zeros (the baseline metric, no offsets) at the plan's sparsity level."""
+    X = np.stack([rng.randint(int(lo), int(hi) + 1, size=n) for lo, hi in zip(space.xl, space.xu)], axis=1)
+    X = X.astype(float)
+    if baseline_first:
+        X[0, :] = 0
+        if space.cfg.tradeoff:
+            lv = space.cfg.sparsity_levels
+            X[0, -1] = lv.index(space.cfg.plan.sparsity) if space.cfg.plan.sparsity in lv else 0
+    return space.repair(X)
+
+
+__all__ = ["VectorSpace", "repair_offsets", "seed_genotypes"]
