@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# acceptance prune runs for issue 12; one JSON line per run appended to runs12/prune.jsonl
-cd /work/wt/i12
-export PYTHONPATH=/work/wt/i12:/work/wt/i12/kernels
+# The SparseGPT / update rows of the README; one JSON line per run appended to runs12/prune.jsonl.
+#   bash scripts/issue12_prune_runs.sh "sparsegpt50 --metric sparsegpt --sparsity 0.5" "wanda_upd24 --metric wanda --structure 2:4 --update sparsegpt"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p runs12
 D=../shared/data/wikitext-2-raw
 COMMON="--calib $D/wiki.valid.raw --nsamples 32 --seqlen 512 --seed 0 --eval-ppl $D/wiki.test.raw --eval-seqlen 512 --eval-windows 40 --json --quiet"
 run() {
