@@ -304,10 +304,17 @@ class Family:
         return None
 
 
-def _null(block, family: Family, names: list[str], out_name: str, layer_idx: int, head_dim: int,
-          snap: StructureSnapshot, modules: dict) -> None:  # fmt: skip
-    null = NullAttention({n: modules[n] for n in names}, out_name, layer_idx, head_dim)
-    snap.set(block, family.attn_attr, null)
+def _replace_attention(block, family: Family, attn, modules: dict, out_name: str, layer_idx: int, head_dim: int,
+                       snap: StructureSnapshot, attrs: dict | None) -> None:  # fmt: skip
+    """Put the sliced projections ``modules`` and the head-count ``attrs`` into ``attn``; ``attrs`` None (no query head
+    kept): the block's attention becomes a ``NullAttention`` holding the (zero-size) projections instead."""
+    if attrs is None:
+        snap.set(block, family.attn_attr, NullAttention(dict(modules), out_name, layer_idx, head_dim))
+        return
+    for name, mod in modules.items():
+        snap.set(attn, name, mod)
+    for name, value in attrs.items():
+        snap.set(attn, name, value)
 
 
 class LlamaFamily(Family):
@@ -345,12 +352,8 @@ class LlamaFamily(Family):
         rq, rkv = head_rows(q_keep, hd), head_rows(kv_keep, hd)
         mods = {"q_proj": sliced(a.q_proj, rq), "k_proj": sliced(a.k_proj, rkv), "v_proj": sliced(a.v_proj, rkv),
                 "o_proj": sliced(a.o_proj, None, rq, bias=out_bias)}  # fmt: skip
-        if not q_keep:
-            _null(block, self, list(mods), "o_proj", layer_idx, hd, snap, mods)
-            return
-        for name, mod in mods.items():
-            snap.set(a, name, mod)
-        snap.set(a, "num_key_value_groups", len(q_keep) // len(kv_keep))
+        attrs = {"num_key_value_groups": len(q_keep) // len(kv_keep)} if q_keep else None
+        _replace_attention(block, self, a, mods, "o_proj", layer_idx, hd, snap, attrs)
 
     def shrink_mlp(self, block, keep, out_bias, snap):
         m = block.mlp
@@ -404,12 +407,8 @@ class OptFamily(Family):
         rows = head_rows(q_keep, a.head_dim)
         mods = {"q_proj": sliced(a.q_proj, rows), "k_proj": sliced(a.k_proj, rows), "v_proj": sliced(a.v_proj, rows),
                 "out_proj": sliced(a.out_proj, None, rows, bias=out_bias)}  # fmt: skip
-        if not q_keep:
-            _null(block, self, list(mods), "out_proj", layer_idx, a.head_dim, snap, mods)
-            return
-        for name, mod in mods.items():
-            snap.set(a, name, mod)
-        snap.set(a, "num_heads", len(q_keep))
+        attrs = {"num_heads": len(q_keep)} if q_keep else None
+        _replace_attention(block, self, a, mods, "out_proj", layer_idx, a.head_dim, snap, attrs)
 
     def shrink_mlp(self, block, keep, out_bias, snap):
         snap.set(block, "fc1", sliced(block.fc1, keep))
@@ -459,13 +458,8 @@ class Gpt2Family(Family):
         rows = head_rows(q_keep, a.head_dim)
         fused = torch.cat([rows, rows + s, rows + 2 * s])
         mods = {"c_attn": sliced(a.c_attn, fused), "c_proj": sliced(a.c_proj, None, rows, bias=out_bias)}
-        if not q_keep:
-            _null(block, self, list(mods), "c_proj", layer_idx, a.head_dim, snap, mods)
-            return
-        for name, mod in mods.items():
-            snap.set(a, name, mod)
-        snap.set(a, "num_heads", len(q_keep))
-        snap.set(a, "split_size", len(q_keep) * a.head_dim)
+        attrs = {"num_heads": len(q_keep), "split_size": len(q_keep) * a.head_dim} if q_keep else None
+        _replace_attention(block, self, a, mods, "c_proj", layer_idx, a.head_dim, snap, attrs)
 
     def shrink_mlp(self, block, keep, out_bias, snap):
         m = block.mlp
