@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "0")  # benches time real backends, never the interpreter
 
 import platform  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -20,3 +22,26 @@ def machine_info(benchmark):
         )  # fmt: skip
 
     return record
+
+
+WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
+NSAMPLES, SEQLEN = 32, 512  # calibration: the statistics
+PROMPTS, PROMPT_LEN = 4, 256  # the objective's prompts, other positions of the same text
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The bundled SmolLM2-135M with 32 x 512 calibration windows (WikiText-2 valid, seed 0) and 4 x 256 objective
+    prompts (seed 1), loaded once per bench module; skipped when ``../shared`` is absent."""
+    if not WIKI.is_file():
+        pytest.skip(f"{WIKI} not found")
+    from optishear import CalibSpec, calibration_windows, load_model
+    from optishear.models import default_model_dir
+
+    path = default_model_dir()
+    model, tok = load_model(path)
+    return SimpleNamespace(
+        path=path, model=model, tok=tok, nsamples=NSAMPLES, seqlen=SEQLEN,
+        windows=calibration_windows(CalibSpec(str(WIKI), NSAMPLES, SEQLEN, 0), tok),
+        prompts=calibration_windows(CalibSpec(str(WIKI), PROMPTS, PROMPT_LEN, 1), tok),
+    )  # fmt: skip

@@ -18,33 +18,19 @@ seconds move less with the load).
 """
 
 import time
-from pathlib import Path
 
 import pytest
 
-from optishear import CalibSpec, calibration_windows, load_model
 from optishear.calibrate import ACT_NORM, walk
 from optishear.calibrate.gradients import compute_gradients
-from optishear.models import default_model_dir, model_linears
-
-WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
-NSAMPLES, SEQLEN = 32, 512
-
-
-@pytest.fixture(scope="module")
-def setup():
-    if not WIKI.is_file():
-        pytest.skip(f"{WIKI} not found")
-    model, tok = load_model(default_model_dir())
-    windows = calibration_windows(CalibSpec(str(WIKI), NSAMPLES, SEQLEN, 0), tok)
-    return model, windows
+from optishear.models import model_linears
 
 
 @pytest.mark.parametrize("provider", ["gradients", "walk-sequential", "walk-dense"])
-def test_gradient_pass_beside_the_walk(benchmark, machine_info, setup, provider):
-    model, windows = setup
+def test_gradient_pass_beside_the_walk(benchmark, machine_info, smollm2, provider):
+    model, windows = smollm2.model, smollm2.windows
     linears = model_linears(model)
-    machine_info(provider=provider, case=f"SmolLM2-135M, {NSAMPLES}x{SEQLEN} WikiText-2 windows")
+    machine_info(provider=provider, case=f"SmolLM2-135M, {smollm2.nsamples}x{smollm2.seqlen} WikiText-2 windows")
     cpu = []
 
     def run():

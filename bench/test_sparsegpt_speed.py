@@ -12,38 +12,26 @@ on: the update's cost per trial, Hessians and their inverses cached across trial
 """
 
 import itertools
-from pathlib import Path
 
 import pytest
 
-from optishear import CalibSpec, Plan, calibration_windows, load_model, prune
-from optishear.models import WeightSnapshot, default_model_dir, model_linears
+from optishear import Plan, prune
+from optishear.models import WeightSnapshot, model_linears
 from optishear.search import SearchConfig, TrialRunner, search_plan_defaults
 
-WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
-NSAMPLES, SEQLEN = 32, 512
 METRICS = itertools.cycle(["w:none*none,x:none*none", "w:rowcol*none,x:none*none", "w:col*none,x:none*sqrt",
                            "w:none*sqrt,x:none*none"])  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def setup():
-    if not WIKI.is_file():
-        pytest.skip(f"{WIKI} not found")
-    model, tok = load_model(default_model_dir())
-    windows = calibration_windows(CalibSpec(str(WIKI), NSAMPLES, SEQLEN, 0), tok)
-    prompts = calibration_windows(CalibSpec(str(WIKI), 4, 256, 1), tok)
-    return model, windows, prompts
-
-
 @pytest.mark.parametrize("provider", ["wanda", "sparsegpt", "wanda+update"])
-def test_whole_prune(benchmark, machine_info, setup, provider):
-    model, windows, _ = setup
-    machine_info(provider=provider, case=f"SmolLM2-135M, {NSAMPLES}x{SEQLEN} calibration, 50% unstructured, "
+def test_whole_prune(benchmark, machine_info, smollm2, provider):
+    model, windows = smollm2.model, smollm2.windows
+    machine_info(provider=provider, case=f"SmolLM2-135M, {smollm2.nsamples}x{smollm2.seqlen} calibration, 50% unstructured, "
                  "sequential statistics")  # fmt: skip
     metric, update = {"wanda": ("wanda", "none"), "sparsegpt": ("sparsegpt", "none"),
                       "wanda+update": ("wanda", "sparsegpt")}[provider]  # fmt: skip
-    plan = Plan(metric=metric, update=update, sparsity=0.5, nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=4)
+    plan = Plan(metric=metric, update=update, sparsity=0.5, nsamples=smollm2.nsamples, seqlen=smollm2.seqlen,
+                batch_size=4)
     snap = WeightSnapshot().save_all(model_linears(model))
 
     def run():
@@ -56,10 +44,11 @@ def test_whole_prune(benchmark, machine_info, setup, provider):
 
 
 @pytest.mark.parametrize("update", ["none", "sparsegpt"])
-def test_one_trial(benchmark, machine_info, setup, update):
-    model, windows, prompts = setup
+def test_one_trial(benchmark, machine_info, smollm2, update):
+    model, windows, prompts = smollm2.model, smollm2.windows, smollm2.prompts
     machine_info(provider=f"trial-update-{update}", case="SmolLM2-135M, dense statistics, KL on 4x256, 50%")
-    plan = Plan(**{**search_plan_defaults().to_dict(), "nsamples": NSAMPLES, "seqlen": SEQLEN, "update": update})
+    plan = Plan(**{**search_plan_defaults().to_dict(), "nsamples": smollm2.nsamples, "seqlen": smollm2.seqlen,
+                 "update": update})
     runner = TrialRunner(model, windows, SearchConfig(plan=plan), objective_windows=prompts)
     runner.run(runner.trial_plan("w:none*none,x:none*none", [0.5] * len(runner.linears)))  # Hessians factored here
     try:

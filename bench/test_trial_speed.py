@@ -13,30 +13,14 @@ the same text), and a different metric each round, so that no trial is answered 
 """
 
 import itertools
-from pathlib import Path
 
 import pytest
 
-from optishear import CalibSpec, DenseOutputs, Plan, calibration_windows, load_model, prune, reconstruction_error
-from optishear.models import default_model_dir
+from optishear import DenseOutputs, Plan, load_model, prune, reconstruction_error
 from optishear.search import SearchConfig, TrialRunner, search_plan_defaults
 
-WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
-NSAMPLES, SEQLEN = 32, 512  # calibration: the statistics
-PROMPTS, PROMPT_LEN = 4, 256  # the objective's prompts
 METRICS = itertools.cycle(["w:none*none,x:none*none", "w:none*sqrt,x:none*none", "w:col*none,x:none*sqrt",
                            "w:none*log,x:none*none", "w:rowcol*none,x:none*none", "w:none*square,x:col*none"])
-
-
-@pytest.fixture(scope="module")
-def setup():
-    if not WIKI.is_file():
-        pytest.skip(f"{WIKI} not found")
-    path = default_model_dir()
-    model, tok = load_model(path)
-    windows = calibration_windows(CalibSpec(str(WIKI), NSAMPLES, SEQLEN, 0), tok)
-    prompts = calibration_windows(CalibSpec(str(WIKI), PROMPTS, PROMPT_LEN, 1), tok)
-    return path, model, windows, prompts
 
 
 def optishear_style_trial(path, windows, prompts, metric):
@@ -48,13 +32,13 @@ def optishear_style_trial(path, windows, prompts, metric):
 
 
 @pytest.mark.parametrize("provider", ["optishear-style", "ours", "ours-kl", "ours-faithful"])
-def test_one_trial(benchmark, machine_info, setup, provider):
-    path, model, windows, prompts = setup
-    machine_info(provider=provider, case=f"SmolLM2-135M, {NSAMPLES}x{SEQLEN} calibration, {PROMPTS}x{PROMPT_LEN} "
-                 "prompts, 50% unstructured")  # fmt: skip
+def test_one_trial(benchmark, machine_info, smollm2, provider):
+    path, model, windows, prompts = smollm2.path, smollm2.model, smollm2.windows, smollm2.prompts
+    machine_info(provider=provider, case=f"SmolLM2-135M, {smollm2.nsamples}x{smollm2.seqlen} calibration, "
+                 f"{len(prompts)}x{prompts.shape[1]} prompts, 50% unstructured")  # fmt: skip
     if provider.startswith("ours"):
-        plan = Plan(**{**search_plan_defaults().to_dict(), "nsamples": NSAMPLES, "seqlen": SEQLEN, "batch_size": 4,
-                       "stats": "sequential" if provider == "ours-faithful" else "dense"})  # fmt: skip
+        plan = Plan(**{**search_plan_defaults().to_dict(), "nsamples": smollm2.nsamples, "seqlen": smollm2.seqlen,
+                       "batch_size": 4, "stats": "sequential" if provider == "ours-faithful" else "dense"})  # fmt: skip
         cfg = SearchConfig(plan=plan, objective="kl" if provider == "ours-kl" else "fro")
         runner = TrialRunner(model, windows, cfg, objective_windows=prompts)
         wanda = runner.run(runner.trial_plan("w:none*none,x:none*none", [0.5] * len(runner.linears)))
