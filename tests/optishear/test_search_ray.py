@@ -17,7 +17,7 @@ from optishear.plan import Plan
 from optishear.search import SearchConfig, TrialRunner, search
 from optishear.search.executor import ExecutorConfig, LocalExecutor, TrialRequest, make_executor
 
-from ..conftest import ROOT, random_windows, tiny_llama
+from ..conftest import ROOT, Killed, kill_after, random_windows, tiny_llama
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'optishear[distributed]'")
 
@@ -190,25 +190,15 @@ def test_a_trial_that_fails_on_two_workers_is_recorded_failed_and_the_search_goe
 def test_a_ray_run_log_resumes_with_the_local_executor_to_the_serial_result(tmp_path, ray_instance):
     cfg = _cfg(generations=4)
     _search(tmp_path / "serial", cfg)
-
-    class Killed(Exception):
-        pass
-
-    seen = []
-
-    def kill_after_10(rec):
-        seen.append(rec)
-        if len(seen) == 10:
-            raise Killed
-
+    kill = kill_after(10)
     build, made = _ray()
     with pytest.raises(Killed):
-        _search(tmp_path / "cut", cfg, build, on_trial=kill_after_10)
+        _search(tmp_path / "cut", cfg, build, on_trial=kill)
     assert not made[0]._slots and not made[0]._owns_ray  # stopped at the interruption; the module's Ray is kept
     assert len((tmp_path / "cut" / "trials.jsonl").read_text().splitlines()) == 10
     rerun = []
     _search(tmp_path / "cut", cfg, "local", resume=True, on_trial=rerun.append)
-    assert not {r["key"] for r in rerun} & {r["key"] for r in seen}, "a finished trial ran again"
+    assert not {r["key"] for r in rerun} & {r["key"] for r in kill.seen}, "a finished trial ran again"
     _assert_same_run(tmp_path / "serial", tmp_path / "cut")
 
 

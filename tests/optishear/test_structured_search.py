@@ -16,7 +16,7 @@ from optishear.search.evolution import EvolutionOptimizer, PlainOperators
 from optishear.search.llm_operators import LLMOperators, ParseError, parse_genome, parse_parents
 from optishear.search.structured_space import StructuredSpace
 
-from ..conftest import random_windows, tiny_llama, tiny_opt
+from ..conftest import Killed, kill_after, random_windows, tiny_llama, tiny_opt
 
 
 def _cfg(rate=0.3, **kw):
@@ -98,21 +98,10 @@ def test_same_seed_same_search(tmp_path):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     full = _run(tmp_path, "full")
-
-    class Kill(Exception):
-        pass
-
-    seen = {"n": 0}
-
-    def bomb(rec):
-        seen["n"] += 1
-        if seen["n"] == 7:
-            raise Kill
-
     model = tiny_llama(layers=4, inter=256)
-    with pytest.raises(Kill):
+    with pytest.raises(Killed):
         search(model, None, _cfg(), tmp_path / "cut", windows=random_windows(4, 32),
-               validation_windows=random_windows(2, 32, seed=7), progress=False, on_trial=bomb)  # fmt: skip
+               validation_windows=random_windows(2, 32, seed=7), progress=False, on_trial=kill_after(7))  # fmt: skip
     assert len((tmp_path / "cut" / "trials.jsonl").read_text().splitlines()) == 7
     ran = {"n": 0}
     again = search(model, None, _cfg(), tmp_path / "cut", resume=True, windows=random_windows(4, 32),

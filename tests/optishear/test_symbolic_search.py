@@ -11,7 +11,7 @@ from optishear.search import SearchConfig, search
 from optishear.search.symbolic import SEEDS, GPOptimizer, SymbolicSpace
 from optishear_kernels import canonical, parse_expr
 
-from ..conftest import random_windows, tiny_llama
+from ..conftest import Killed, kill_after, random_windows, tiny_llama
 
 PLAN_FIELDS = set(Plan.__dataclass_fields__)
 
@@ -95,19 +95,8 @@ def test_symbolic_search_end_to_end_and_its_recipe_replays(tmp_path):
 def test_symbolic_kill_and_resume_equals_an_uninterrupted_run_and_reloads_gradients(tmp_path, monkeypatch):
     cfg = _cfg(generations=4, structure="2:4")
     full = _run(tmp_path, "full", cfg)
-
-    class Killed(Exception):
-        pass
-
-    seen = []
-
-    def kill_after_9(rec):
-        seen.append(rec)
-        if len(seen) == 9:
-            raise Killed
-
     with pytest.raises(Killed):
-        _run(tmp_path, "cut", cfg, on_trial=kill_after_9)
+        _run(tmp_path, "cut", cfg, on_trial=kill_after(9))
     lines = (tmp_path / "cut" / "trials.jsonl").read_text().splitlines()
     assert len(lines) == 9
     import optishear.calibrate.gradients as gm
