@@ -9,7 +9,8 @@ with the KV cache, after a 512-token prompt that is not timed). Pruned models: `
 shapes magnitude, Wanda-sp or FLAP give at uniform rates) and ``adaptive`` (per-block sizes from FLAP-style adaptive
 allocation, magnitude scores; no calibration needed, and speed depends on shapes only). ``extra_info`` records the
 parameter counts and the peak resident memory of a fresh process that loads the model and runs both cases.
-Set ``OPTISHEAR_BENCH_RECIPE=path/to/optishear_recipe.json`` to add a searched model (``searched``).
+Set ``OPTISHEAR_BENCH_RECIPE=RUN/optishear_recipe.json`` to add a searched model, named ``searched-RUN`` after the
+recipe's directory; several recipes are separated by ``os.pathsep`` (``:`` on Linux).
 """
 
 import copy
@@ -30,21 +31,28 @@ RATES = (0.2, 0.3, 0.5)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _recipes() -> dict[str, str]:
+    """``searched-RUN`` -> recipe path, from ``OPTISHEAR_BENCH_RECIPE``."""
+    paths = [p for p in os.environ.get("OPTISHEAR_BENCH_RECIPE", "").split(os.pathsep) if p]
+    named = {f"searched-{Path(p).resolve().parent.name}": p for p in paths}
+    if len(named) != len(paths):
+        raise ValueError(f"OPTISHEAR_BENCH_RECIPE: two recipes in directories of the same name: {paths}")
+    return named
+
+
 def _providers():
     out = ["dense"] + [f"{kind}-{round(r * 100)}" for r in RATES for kind in ("uniform", "adaptive")]
-    if os.environ.get("OPTISHEAR_BENCH_RECIPE"):
-        out.append("searched")
-    return out
+    return out + list(_recipes())
 
 
 def _build(provider: str):
     model, _ = load_model()
     if provider == "dense":
         return model
-    if provider == "searched":
+    if provider.startswith("searched-"):
         from optishear.recipe import recipe_plan
 
-        plan = recipe_plan(os.environ["OPTISHEAR_BENCH_RECIPE"])
+        plan = recipe_plan(_recipes()[provider])
         # speed depends on the shapes only: the recipe's rates with magnitude scores need no calibration
         plan = Plan(structured=True, rate=plan.rate, importance="magnitude", layer_rates=plan.layer_rates)
     else:
