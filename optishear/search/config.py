@@ -74,6 +74,10 @@ class SearchConfig:
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
             the packaged SmolLM2-135M-Instruct), its sampling temperature (0: greedy), and the MLP grid (levels of
             1/mlp_steps of the channels).
+        seed_adaptive: ``space="structured"``: the first population holds, beside the uniform allocation, the
+            adaptive one (``layer_rates="adaptive"``: FLAP's ranking of every head and channel across blocks by
+            standardized scores, from the dense statistics), rounded to the grid; its variants start from either.
+            Off: every first-population member starts from the uniform allocation (the searches before this option).
     """
 
     plan: Plan = field(default_factory=search_plan_defaults, metadata={"nested": Plan})
@@ -102,6 +106,8 @@ class SearchConfig:
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
     operator_temperature: float = opt(0.7, type=float, help="structured: LLM sampling temperature (0: greedy)")
     mlp_steps: int = opt(16, type=int, help="structured: MLP levels per block (steps of 1/mlp_steps of the channels)")
+    seed_adaptive: bool = opt(True, kind="bool", help="structured: the first population holds the importance's "
+                              "adaptive allocation (FLAP's) beside the uniform one")  # fmt: skip
 
     def validate(self) -> None:
         if not isinstance(self.plan, Plan):

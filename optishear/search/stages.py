@@ -8,12 +8,15 @@ name in ``config.SPACES``); the driver runs any space that has ``stage``, ``n_ob
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from .config import SearchConfig
 from .optimizers import PymooOptimizer
 from .spaces import VectorSpace
 from .symbolic import symbolic_stage
+
+logger = logging.getLogger(__name__)
 
 StageBuilder = Callable[[dict | None], tuple[object, object]]
 
@@ -62,6 +65,8 @@ def structured_stage(cfg: SearchConfig, runner) -> StageBuilder:
 
         space = StructuredSpace("structured", cfg, Budget(runner.model, family_for(runner.model),
                                                           cfg.plan.importance == "flap"))  # fmt: skip
+        if cfg.seed_adaptive:
+            space.seeds = [adaptive_genome(space, runner)]
         if cfg.operators == "llm":
             from .llm_operators import LLMOperators, load_chat_model
 
@@ -73,6 +78,25 @@ def structured_stage(cfg: SearchConfig, runner) -> StageBuilder:
                                          seed=cfg.plan.seed)  # fmt: skip
 
     return build
+
+
+def adaptive_genome(space, runner):
+    """The genotype of the plan's importance with adaptive allocation (``layer_rates="adaptive"``), scored on the
+    dense model's statistics (the runner's, collected once)."""
+    from ..methods.structured import adaptive_allocation, block_scores, importance_needs
+    from ..models.surgery import family_for
+    from ..models import find_blocks
+
+    plan = runner.plan
+    needs = importance_needs(plan.importance)
+    stats = runner.dense_stats(needs) if needs else None
+    runner.snapshot.restore()
+    family = family_for(runner.model)
+    _, blocks = find_blocks(runner.model)
+    scores = [block_scores(family, b, stats[i] if stats else None, plan.importance) for i, b in enumerate(blocks)]
+    g = space.genome_of(adaptive_allocation(space.budget, scores, plan.rate))
+    logger.info("structured search: the first population holds the adaptive allocation %s", space.key(g))
+    return g
 
 
 STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {

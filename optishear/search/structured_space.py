@@ -44,6 +44,7 @@ class StructuredSpace:
         self.channels = [lay.channels for lay in budget.layouts]
         self.unit = budget.mlp[0]["ch_unit"]
         self.tolerance = self.n * self.unit * (max(self.channels) / self.steps) / 2
+        self.seeds: list[np.ndarray] = []  # genotypes the first population holds beside the uniform one
 
     # -- genotype <-> allocation ---------------------------------------------------------------------------------
     def level_channels(self, i: int, m: int) -> int:
@@ -150,9 +151,13 @@ class StructuredSpace:
     # -- populations ---------------------------------------------------------------------------------------------
     def uniform_genome(self) -> np.ndarray:
         """Every block at the attention level nearest the rate and the MLP level nearest the channels that fill it."""
-        rate = self.cfg.plan.rate
-        u = self.budget.uniform(rate)
-        g = u.levels + [int(round(c * self.steps / self.channels[i])) for i, c in enumerate(u.channels_removed)]
+        return self.genome_of(self.budget.uniform(self.cfg.plan.rate))
+
+    def genome_of(self, alloc: Allocation) -> np.ndarray:
+        """The genotype nearest an allocation: its attention levels, each block's removed channels rounded to the MLP
+        grid, repaired to the budget."""
+        g = list(alloc.levels) + [int(round(c * self.steps / self.channels[i]))
+                                  for i, c in enumerate(alloc.channels_removed)]  # fmt: skip
         return self.repair_one(np.array(g, dtype=float))
 
     def swap(self, g, rng: np.random.RandomState, part: str | None = None) -> np.ndarray:
@@ -182,13 +187,20 @@ class StructuredSpace:
         return self.repair_one(g)
 
     def seed_population(self, rng: np.random.RandomState, n: int, baseline_first: bool = True) -> np.ndarray:
-        """The uniform genotype first, then uniform + a random number of level swaps (distinct, repaired)."""
+        """The uniform genotype first, then each of ``seeds`` (an adaptive allocation's genotype, say), then one of
+        these (in turn) + a random number of level swaps (distinct, repaired). Without ``seeds`` every variant starts
+        from the uniform genotype."""
         base = self.uniform_genome()
         out, keys = [base], {self.key(base)}
+        for g in self.seeds:
+            if len(out) < n and self.key(g) not in keys:
+                keys.add(self.key(g))
+                out.append(np.asarray(g, dtype=float))
+        starts = out[:]
         tries = 0
         while len(out) < n and tries < 100 * n:
             tries += 1
-            g = base.copy()
+            g = starts[len(out) % len(starts)].copy()
             for _ in range(rng.randint(1, self.n + 1)):
                 g = self.swap(g, rng)
             if self.key(g) not in keys:

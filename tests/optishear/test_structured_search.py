@@ -72,6 +72,44 @@ def test_uniform_genotype_and_level_swaps():
             <= space.tolerance  # fmt: skip
 
 
+def _first_generation(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines()]
+    return [r["key"] for r in rows if r["generation"] == 0]
+
+
+def _uneven_llama():
+    """A tiny LLaMA whose odd blocks carry 8 MLP channels with 30x larger down-projection columns, so that FLAP's
+    adaptive allocation (standardized scores, ranked across blocks) differs from the uniform one."""
+    model = tiny_llama(layers=4, inter=256)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            if i % 2 == 1:
+                layer.mlp.down_proj.weight[:, :8] *= 30.0
+    return model
+
+
+def test_first_population_holds_the_adaptive_allocation(tmp_path):
+    """With ``seed_adaptive`` (the default) the second member of the first population is the genotype of what
+    ``prune(layer_rates="adaptive")`` allocates on the same windows; without it, every member starts from the uniform
+    allocation, as the space's own seeding gives."""
+    windows = random_windows(4, 32)
+    model = _uneven_llama()
+    res = prune(model, plan=Plan(structured=True, rate=0.3, importance="flap", layer_rates="adaptive", stats="dense",
+                                 nsamples=4, seqlen=32, batch_size=2),
+                windows=windows, progress=False)  # fmt: skip
+    space = _space(_uneven_llama(), 0.3)
+    adaptive = space.key(space.genome_of(space.budget.from_rates(res.structure["layer_rates"])))
+    assert adaptive != space.key(space.uniform_genome())  # the test tells the two seedings apart
+
+    _run(tmp_path, "seeded", model=_uneven_llama(), generations=1)
+    keys = _first_generation(tmp_path / "seeded")
+    assert keys[0] == space.key(space.uniform_genome()) and keys[1] == adaptive and len(set(keys)) == 4
+
+    _run(tmp_path, "plain", model=_uneven_llama(), generations=1, seed_adaptive=False)
+    expect = [space.key(g) for g in space.seed_population(np.random.RandomState(0), 4)]
+    assert _first_generation(tmp_path / "plain") == expect and adaptive not in expect
+
+
 def test_search_trials_all_hold_the_budget_and_the_answer_reapplies(tmp_path):
     res = _run(tmp_path, "ga")
     trials = [json.loads(line) for line in (tmp_path / "ga" / "trials.jsonl").read_text().splitlines()]
