@@ -168,6 +168,14 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def median_found(found: list) -> float | None:
+    """The median over all seeds of the distinct evaluations to the optimum, a seed that never found it (None)
+    counting as more than any that did; None when half the seeds or more never found it."""
+    ranked = sorted(found, key=lambda f: (f is None, f or 0))
+    mid = ranked[(len(ranked) - 1) // 2 : len(ranked) // 2 + 1]
+    return None if any(f is None for f in mid) else float(np.mean(mid))
+
+
 def cmd_report(args) -> None:
     table = [r for r in _read(Path(args.table)) if r["status"] == "ok"]
     table.sort(key=lambda r: (r["objective"], r["metric"]))
@@ -184,14 +192,17 @@ def cmd_report(args) -> None:
         if len(ppl) >= 3:
             rep["spearman_objective_vs_ppl"] = spearman([r["objective"] for r in ppl], [r["ppl"] for r in ppl])
             rep["spearman_n"] = len(ppl)
-    sims = _read(Path(str(args.table) + ".sim.jsonl"))
-    if sims:
+    groups: dict[str, list[dict]] = {}
+    for s in _read(Path(str(args.table) + ".sim.jsonl")):  # one entry per optimizer setting, its seeds together
+        groups.setdefault(f"pop {s['pop_size']} x {s['generations']} generations, eta {s['eta']:g}", []).append(s)
+    rep["search"] = {}
+    for name, sims in groups.items():
         found = [s["found_optimum"]["distinct"] if s["found_optimum"] else None for s in sims]
-        rep["search"] = {"seeds": [s["seed"] for s in sims], "distinct_to_optimum": found,
-                         "median_distinct_to_optimum": float(np.median([f for f in found if f is not None]))
-                         if any(f is not None for f in found) else None,
-                         "found_in": sum(f is not None for f in found), "distinct": [s["distinct"] for s in sims],
-                         "best_found_rank": [s["best_found_rank"] for s in sims]}  # fmt: skip
+        median = median_found(found)
+        rep["search"][name] = {"seeds": [s["seed"] for s in sims], "distinct_to_optimum": found,
+                               "median_distinct_to_optimum": median, "found_in": sum(f is not None for f in found),
+                               "distinct": [s["distinct"] for s in sims], "trials": sims[0]["trials"],
+                               "best_found_rank": [s["best_found_rank"] for s in sims]}  # fmt: skip
     out = Path(str(args.table) + ".report.json")
     out.write_text(json.dumps(rep, indent=2))
     print(json.dumps(rep, indent=2))

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bench.exhaustive_metric import classes, simulate, spearman
+from bench.exhaustive_metric import classes, median_found, simulate, spearman
 
 
 def _table(seed=0):
@@ -29,3 +29,10 @@ def test_simulation_counts_distinct_classes_and_finds_the_optimum_on_an_easy_lan
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+
+
+def test_median_counts_a_seed_that_never_found_the_optimum_as_the_longest():
+    assert median_found([59, 78, 62, 56, None]) == 62.0
+    assert median_found([3, 5]) == 4.0
+    assert median_found([10, None, None]) is None and median_found([None] * 5) is None
+    assert median_found([7, 9, None, None]) is None  # the middle pair holds a seed that never found it
