@@ -447,6 +447,16 @@ def adaptive_allocation(budget: Budget, scores: list[BlockScores], rate: float) 
     return budget.fill(levels, rate, order=[(i, c) for _, i, c in chan_order])
 
 
+def model_adaptive_allocation(model, budget: Budget, stats: list[dict] | None, importance: str,
+                              rate: float) -> Allocation:
+    """``adaptive_allocation`` over every block of ``model``, scored by ``importance`` on ``stats`` (the dense model's
+    statistics per block, or None when the importance needs none)."""
+    family = family_for(model)
+    _, blocks = find_blocks(model)
+    scores = [block_scores(family, b, stats[i] if stats else None, importance) for i, b in enumerate(blocks)]
+    return adaptive_allocation(budget, scores, rate)
+
+
 # ---- the method --------------------------------------------------------------------------------------------------
 
 
@@ -543,12 +553,9 @@ class StructuredMethod(Method):
         try:
             dense = stats
             if alloc is None:  # adaptive: every block's scores first, from the dense model
-                imp_needs = needs
-                if dense is None and imp_needs:
-                    dense = collect(imp_needs)
-                scores = [block_scores(family, b, dense[i] if dense else None, plan.importance)
-                          for i, b in enumerate(blocks)]  # fmt: skip
-                alloc = adaptive_allocation(budget, scores, plan.rate)
+                if dense is None and needs:
+                    dense = collect(needs)
+                alloc = model_adaptive_allocation(model, budget, dense, plan.importance, plan.rate)
             logger.info("structured allocation: attention rates %s; MLP channels removed %s",
                         [round(r, 4) for r in budget.rates(alloc)["attention"]], alloc.channels_removed)  # fmt: skip
             if not needs:
@@ -634,4 +641,5 @@ def structure_record(model, family: Family, shapes: list[BlockShape]) -> dict:
 
 __all__ = ["IMPORTANCE", "ALLOCATIONS", "AttnLevel", "attention_levels", "level_for_rate", "read_layer_rates", "Budget",
            "Allocation", "BlockScores", "block_scores", "select_heads", "select_channels", "adaptive_allocation",
+           "model_adaptive_allocation",
            "StructuredMethod", "structure_record", "importance_needs"]  # fmt: skip

@@ -83,18 +83,13 @@ def structured_stage(cfg: SearchConfig, runner) -> StageBuilder:
 def adaptive_genome(space, runner):
     """The genotype of the plan's importance with adaptive allocation (``layer_rates="adaptive"``), scored on the
     dense model's statistics (the runner's, collected once)."""
-    from ..methods.structured import adaptive_allocation, block_scores, importance_needs
-    from ..models.surgery import family_for
-    from ..models import find_blocks
+    from ..methods.structured import importance_needs, model_adaptive_allocation
 
     plan = runner.plan
     needs = importance_needs(plan.importance)
     stats = runner.dense_stats(needs) if needs else None
-    runner.snapshot.restore()
-    family = family_for(runner.model)
-    _, blocks = find_blocks(runner.model)
-    scores = [block_scores(family, b, stats[i] if stats else None, plan.importance) for i, b in enumerate(blocks)]
-    g = space.genome_of(adaptive_allocation(space.budget, scores, plan.rate))
+    runner.snapshot.restore()  # the scores read the dense weights
+    g = space.genome_of(model_adaptive_allocation(runner.model, space.budget, stats, plan.importance, plan.rate))
     logger.info("structured search: the first population holds the adaptive allocation %s", space.key(g))
     return g
 
