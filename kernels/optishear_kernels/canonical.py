@@ -29,6 +29,13 @@ The rules (names as the trace records them):
 - scale contexts: ``div-scale`` (``div(a,b) = a / ||b||`` is ``a`` times a positive scalar: the whole-tensor norm
   goes), ``add-self`` (``add(a,a) = 2a``), and the scale-invariance of ``mms`` and ``zsn``
   (``mms(c a) = mms(a)``: their argument is in an ``S`` context);
+- row and column relative importance (``rsn``, ``csn``, ``rcn``): ``row-factor`` (``rsn(a)`` is ``a`` times a
+  positive factor per row: at the root, or as a factor of the root's product, it goes, since every row keeps its
+  ranking, N:M groups included), ``rsn-scalar`` (``rsn`` of an X-only ``[1, in]`` argument divides by one scalar: it
+  goes in a scale context), ``rsn-rsn``/``csn-csn`` (normalising twice is normalising once), ``neg-out``
+  (``rsn(neg a) = neg(rsn a)``, likewise ``csn`` and ``rcn``), and all three are scale-invariant (their argument is
+  in an ``S`` context). ``csn`` and ``rcn`` at the root stay: a factor per column or per element changes a row's
+  ranking;
 - rank context: ``root-monotone`` (a strictly increasing function at the root goes: ``skp``, ``mms``, ``zsn``
   (positive affine maps of the whole tensor), ``div`` (a positive factor), and ``sqr``, ``pow``, ``sqrt``, ``abs``
   of a non-negative argument), ``root-power`` (a root product of non-negative factors with powers,
@@ -87,6 +94,14 @@ def _canon(node: Expr, ctx: str, trace) -> Expr:
     if not args:
         return node
     # 1. context rules that remove the node itself
+    if ctx == "R" and (op == "rsn" or op == "mul"):
+        stripped = _strip_row_factors(node)
+        if stripped != node:
+            _note(trace, "row-factor")
+            return _canon(stripped, "R", trace)
+    if ctx in _SCALE and op == "rsn" and not args[0].is_mat:
+        _note(trace, "rsn-scalar")
+        return _canon(args[0], ctx, trace)
     if ctx == "R":
         if op in _ROOT_MONOTONE or op == "div" or (op in _ROOT_MONOTONE_NONNEG and args[0].nonneg):
             _note(trace, "root-monotone" if op != "skp" else "skp")
@@ -113,7 +128,7 @@ def _canon(node: Expr, ctx: str, trace) -> Expr:
         kids = [_canon(args[0], "S" if ctx == "S" else "V", trace), _canon_norm(args[1], trace)]
     elif op in ("add", "sub", "exp", "log", "tanh"):
         kids = [_canon(a, "V", trace) for a in args]
-    elif op in ("mms", "zsn"):
+    elif op in ("mms", "zsn", "rsn", "csn", "rcn"):
         kids = [_canon(args[0], "S", trace)]
     elif op == "neg":
         kids = [_canon(args[0], ctx if ctx in ("R", "S", "S*") else "V", trace)]
@@ -125,6 +140,15 @@ def _canon(node: Expr, ctx: str, trace) -> Expr:
     if ctx == "R":
         out = _root_power(out, trace)
     return out
+
+
+def _strip_row_factors(node: Expr) -> Expr:
+    """The root's product with every ``rsn`` factor replaced by its argument (a positive factor per row each)."""
+    if node.op == "rsn":
+        return _strip_row_factors(node.args[0])
+    if node.op == "mul":
+        return Expr("mul", tuple(_strip_row_factors(a) for a in node.args))
+    return node
 
 
 def _canon_norm(node: Expr, trace) -> Expr:
@@ -181,7 +205,10 @@ def _exact_once(node: Expr, trace) -> Expr:
     if op == "sqr" and a.op == "sqrt":
         _note(trace, "sqr-sqrt")
         return Expr("abs", (a.args[0],))
-    if op in ("tanh", "zsn") and a.op == "neg":
+    if op in ("rsn", "csn") and a.op == op:
+        _note(trace, f"{op}-{op}")
+        return a
+    if op in ("tanh", "zsn", "rsn", "csn", "rcn") and a.op == "neg":
         _note(trace, "neg-out")
         return Expr("neg", (Expr(op, (a.args[0],)),))
     if op in ("add", "sub", "mul", "div"):
@@ -285,7 +312,7 @@ def _root_power(node: Expr, trace) -> Expr:
 
 RULES = ("skp", "pow", "neg-neg", "abs-abs", "abs-neg", "abs-nonneg", "sqr-sign", "sqrt-sign", "log-sign", "sqrt-sqr",
          "sqr-sqrt", "mul-self", "neg-out", "commute", "norm-sign", "div-scale", "add-self", "root-monotone",
-         "root-power")  # fmt: skip
+         "root-power", "row-factor", "rsn-scalar", "rsn-rsn", "csn-csn")  # fmt: skip
 
 
 __all__ = ["canonical", "RULES"]

@@ -23,6 +23,23 @@ Operators (Pruner-Zero's ``lib/gptree.py``; everything float32, elementwise unle
 - ``mms(a)``: ``(a - min a) / (max a - min a)`` over the whole tensor ``a``; a zero range is 1.
 - ``zsn(a)``: ``(a - mean a) / std a`` over the whole tensor ``a``, unbiased std; a zero std is 1.
 
+Two more unary operators, not Pruner-Zero's, that its operators cannot express (``div``, ``mms`` and ``zsn`` only
+reduce over the whole tensor): row and column relative importance, as RIA's normaliser ``|W_ij| / sum_j |W_ij| +
+|W_ij| / sum_i |W_ij|`` needs. They parse everywhere; the GP search draws them only with ``--tree-operators
+relative`` (``RELATIVE``), so a default search stays in Pruner-Zero's grammar.
+
+- ``rsn(a)``: ``a / sum over its row of |a|`` (``[out, in]``: a per-row divisor; an X-only ``[1, in]`` argument is
+  one row, so its divisor is one scalar); a zero sum is 1.
+- ``csn(a)``: ``a / sum over its column of |a|`` (an X-only argument: ``a / |a|``, one row per column); a zero sum
+  is 1.
+- ``rcn(a)``: ``a / (row sum + column sum of |a|)``, the two sums added in float32 (the meta metric's ``rowcol``
+  coefficient, ``|W_ij| / (sum_j |W_ij| + sum_i |W_ij|)``); a zero divisor is 1.
+
+Each sum accumulates in float64 and is rounded to float32 once.
+
+``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))`` is RIA (X is the mean of x^2, so ``X^(1/4)`` is ``||x||_2^(1/2)`` up to a
+constant factor).
+
 "The whole tensor" is the subtree's own shape: ``[1, in]`` for a subtree over X alone, ``[out, in]`` as soon as it
 involves W or G (``is_mat``). Reductions (min, max, sums for means, deviations and norms) accumulate in float64 and
 are rounded to float32 once, as the meta metric's do. Transcendentals are evaluated in float64 and rounded to
@@ -47,8 +64,10 @@ import torch
 TERMINALS = ("W", "G", "X")
 UNARY = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn")
 BINARY = ("add", "sub", "mul", "div")
-OPERATORS = UNARY + BINARY
-ARITY = {**{t: 0 for t in TERMINALS}, **{u: 1 for u in UNARY}, **{b: 2 for b in BINARY}}
+OPERATORS = UNARY + BINARY  # Pruner-Zero's operators
+RELATIVE = ("rsn", "csn", "rcn")  # row and column relative importance (the module docstring): an opt-in extension
+ALL_OPERATORS = OPERATORS + RELATIVE
+ARITY = {**{t: 0 for t in TERMINALS}, **{u: 1 for u in UNARY + RELATIVE}, **{b: 2 for b in BINARY}}
 EXP_MAX = 88.0  # exp(88) = 1.65e38 < FLT_MAX = 3.40e38
 LOG_EPS = 0.001
 _LOG_EPS_F32 = torch.tensor(LOG_EPS, dtype=torch.float32)  # the float32 constant both backends add
@@ -66,7 +85,8 @@ class Expr:
 
     def __post_init__(self):
         if self.op not in ARITY:
-            raise ValueError(f"unknown operator {self.op!r}; operators: {', '.join(OPERATORS)}; terminals: W, G, X")
+            raise ValueError(f"unknown operator {self.op!r}; operators: {', '.join(ALL_OPERATORS)}; "
+                             "terminals: W, G, X")  # fmt: skip
         if len(self.args) != ARITY[self.op]:
             raise ValueError(f"{self.op} takes {ARITY[self.op]} argument(s), got {len(self.args)}")
         if not all(isinstance(a, Expr) for a in self.args):
@@ -136,8 +156,8 @@ class Expr:
             return True  # mms: (a - min) / range with range > 0, or (a - min) / 1
         if op in ("add", "mul"):
             return a[0].nonneg and a[1].nonneg
-        if op in ("div", "skp", "tanh"):
-            return a[0].nonneg  # div: a / norm, norm > 0
+        if op in ("div", "skp", "tanh") + RELATIVE:
+            return a[0].nonneg  # div: a / norm, norm > 0; rsn, csn, rcn: a / a positive sum
         return False  # neg, sub, log (log 0.001 < 0), zsn
 
 
@@ -206,7 +226,7 @@ def parse(text: str | Expr) -> Expr:
         op = value.lower()
         if op not in ARITY:
             raise ValueError(f"unknown operator {value!r} at position {at} in {text!r}; operators: "
-                             f"{', '.join(OPERATORS)}; terminals: W, G, X")  # fmt: skip
+                             f"{', '.join(ALL_OPERATORS)}; terminals: W, G, X")  # fmt: skip
         expect("(", op)
         args = [node()]
         while i < len(tokens) and tokens[i][0] == ",":
@@ -235,7 +255,7 @@ def from_pruner_zero(data: dict) -> Expr:
     children = [data[k] for k in ("left", "right") if k in data and data[k] is not None]
     name = label.upper() if label.upper() in TERMINALS else label.lower()
     if name not in ARITY:
-        raise ValueError(f"unknown operator {label!r} in a Pruner-Zero tree; operators: {', '.join(OPERATORS)}")
+        raise ValueError(f"unknown operator {label!r} in a Pruner-Zero tree; operators: {', '.join(ALL_OPERATORS)}")
     return Expr(name, tuple(from_pruner_zero(c) for c in children))
 
 
@@ -274,6 +294,29 @@ def random_tree(rng: random.Random, max_depth: int, grow: bool, *, min_depth: in
 
 REDUCTION_KINDS = ("minmax", "moments", "sqsum")  # what mms, zsn and div's norm need from their argument
 N_SLOTS = {"minmax": 2, "moments": 2, "sqsum": 1}  # float32 parameters each gives the kernel
+VECTOR_KINDS = ("rowsum", "colsum")  # what rsn and csn need: a float32 divisor per row, per column
+
+
+def abs_sums(v: torch.Tensor, kind: str) -> torch.Tensor:
+    """The sums of ``|v|`` over each row (``rowsum``: ``[rows, 1]``) or column (``colsum``: ``[1, in]``) of a float32
+    value in its own shape, accumulated in float64 and rounded to float32 once: what ``rsn``, ``csn`` and ``rcn``
+    divide by (``divide`` puts a zero divisor to 1).
+
+    Raises:
+        FloatingPointError: a sum is NaN or infinite (the argument holds NaN or inf, or its sum overflows float32).
+    """
+    s = v.abs().sum(dim=1 if kind == "rowsum" else 0, keepdim=True, dtype=torch.float64)
+    if not bool(torch.isfinite(s).all()):
+        raise FloatingPointError("NaN or inf in the sums of a row or column reduction")
+    s = s.to(torch.float32)
+    if not bool(torch.isfinite(s).all()):
+        raise FloatingPointError("a row or column sum overflows float32")
+    return s
+
+
+def divide(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``a / d`` with a zero divisor read as 1 (``rsn``, ``csn``, ``rcn``)."""
+    return a / torch.where(d > 0, d, torch.ones_like(d))
 
 
 def finalize(kind: str, s1: torch.Tensor, s2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int,
@@ -346,6 +389,7 @@ class TorchEvaluator:
         self.shape = tuple(shape if shape is not None else w.shape)
         self.memo: dict[Expr, torch.Tensor] = {}
         self.params: dict[tuple[str, Expr, bool], list[torch.Tensor]] = {}
+        self.vectors: dict[tuple[str, Expr], torch.Tensor] = {}
 
     def full(self, node: Expr, v: torch.Tensor) -> torch.Tensor:
         """``v`` in the node's own shape: ``[out, in]`` for W/G subtrees, ``[1, in]`` for X-only ones."""
@@ -363,6 +407,18 @@ class TorchEvaluator:
                 raise FloatingPointError(f"NaN or inf in {node.text}, the argument of a whole-tensor reduction") \
                     from err  # fmt: skip
         return self.params[key]
+
+    def sums(self, kind: str, node: Expr) -> torch.Tensor:
+        """The per-row (``rowsum``: ``[rows, 1]``, or ``[1, 1]`` for an X-only node) or per-column (``colsum``:
+        ``[1, in]``) sums of ``|node|`` that ``rsn``/``csn``/``rcn`` divide by (computed once per node)."""
+        key = (kind, node)
+        if key not in self.vectors:
+            try:
+                self.vectors[key] = abs_sums(self.full(node, self(node)), kind)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"NaN or inf in {node.text}, the argument of a row or column reduction") \
+                    from err  # fmt: skip
+        return self.vectors[key]
 
     def __call__(self, node: Expr) -> torch.Tensor:
         """The float32 value of ``node`` (``[out, in]``, or ``[1, in]`` for X-only subtrees)."""
@@ -413,6 +469,12 @@ class TorchEvaluator:
             elif op == "mms":
                 lo, rng = self.reduction("minmax", args[0])
                 v = (a - lo) / rng
+            elif op == "rsn":
+                v = divide(a, self.sums("rowsum", args[0]))
+            elif op == "csn":
+                v = divide(a, self.sums("colsum", args[0]))
+            elif op == "rcn":
+                v = divide(a, self.sums("rowsum", args[0]) + self.sums("colsum", args[0]))
             else:  # zsn
                 mean, std = self.reduction("moments", args[0])
                 v = (a - mean) / std
@@ -440,6 +502,7 @@ def expr_score(w: torch.Tensor, g: torch.Tensor | None, x: torch.Tensor | None, 
     return out.copy_(v)
 
 
-__all__ = ["Expr", "T", "W", "G", "X", "TERMINALS", "UNARY", "BINARY", "OPERATORS", "ARITY", "EXP_MAX", "LOG_EPS",
+__all__ = ["Expr", "T", "W", "G", "X", "TERMINALS", "UNARY", "BINARY", "OPERATORS", "RELATIVE", "ALL_OPERATORS", "ARITY",
+           "EXP_MAX", "LOG_EPS",
            "PRUNER_ZERO", "parse", "from_pruner_zero", "random_tree", "looks_like_expr", "expr_score", "TorchEvaluator",
-           "finalize", "tensor_stats", "REDUCTION_KINDS", "N_SLOTS"]  # fmt: skip
+           "finalize", "tensor_stats", "REDUCTION_KINDS", "N_SLOTS", "VECTOR_KINDS", "abs_sums", "divide"]  # fmt: skip

@@ -149,8 +149,8 @@ ACT_NORM = KernelSpec(
     {"x_ptr": "*X", "acc_ptr": "*fp64", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32"},
     ("BLOCK_R", "BLOCK_C"),
 )  # fmt: skip
-_SYM_IO = {"w_ptr": "*W", "g_ptr": "*G", "x_ptr": "*fp32", "r_ptr": "*fp32", "out_ptr": "*W", "packed_ptr": "*u8",
-           "bad_ptr": "*i32"}  # fmt: skip
+_SYM_IO = {"w_ptr": "*W", "g_ptr": "*G", "x_ptr": "*fp32", "r_ptr": "*fp32", "v_ptr": "*fp32", "out_ptr": "*W",
+           "packed_ptr": "*u8", "bad_ptr": "*i32"}  # fmt: skip
 SYM_ROW_PRUNE = KernelSpec(
     "prune_symbolic", "_sym_row_prune_kernel",
     {**_SYM_IO, "n_rows": "i32", "n_cols": "i32", "k": "i32", "stride_w": "i32", "stride_g": "i32", "stride_o": "i32",

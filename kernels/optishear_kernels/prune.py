@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from . import backend
-from .expr import Expr, TorchEvaluator, expr_score, looks_like_expr, parse
+from .expr import VECTOR_KINDS, Expr, TorchEvaluator, expr_score, looks_like_expr, parse
 from .launch import LONG_ROW, MAX_M
 from .metric import FLT_MIN, MetricConfig, _recip, all_finite, meta_score, w_coef_operands, x_part
 from .prune_long_row import long_row_prune_triton
@@ -164,11 +164,21 @@ def symbolic_prune_triton(w, g, x_sq, metric, *, sparsity=None, nm=None, write_w
     g = (g if g.stride(1) == 1 else g.contiguous()).to(w.device) if tree.uses_g else None
     x = x_sq.to(w.device, torch.float32).contiguous() if tree.uses_x else None
     r = torch.zeros(max(prog.n_slots, 1), dtype=torch.float32, device=w.device)
-    host = TorchEvaluator(None, None, x, shape=tuple(w.shape))  # X-only reductions: the twin's own code
+    vectors = prog.vectors
+    # Host reductions (X-only ones; all of them for a tree with rsn/csn): the twin's own code.
+    host = TorchEvaluator(w if vectors else None, g if vectors else None, x, shape=tuple(w.shape))
     for red in prog.reductions:
-        if red.stage == 0:
+        if red.stage == 0 and red.kind not in VECTOR_KINDS:
             params = host.reduction(red.kind, red.node, red.broadcast)
             r[red.slot : red.slot + len(params)] = torch.stack(params).to(r.device)
+    v = None
+    if vectors:
+        n_col = prog.n_col_vectors
+        v = torch.empty(n_col * cols + prog.n_row_vectors * rows, dtype=torch.float32, device=w.device)
+        for red in vectors:
+            d = host.sums(red.kind, red.node)
+            at, n = (red.slot * cols, cols) if red.kind == "colsum" else (n_col * cols + red.slot * rows, rows)
+            v[at : at + n] = d.expand(1, n).reshape(-1) if d.numel() == 1 else d.reshape(-1)
     for stage in range(1, prog.n_stages + 1):
         sym_reduce_triton(prog, stage, w, g, x, r)
     dummy = torch.empty(1, dtype=torch.float32, device=w.device)
@@ -177,7 +187,8 @@ def symbolic_prune_triton(w, g, x_sq, metric, *, sparsity=None, nm=None, write_w
         packed = torch.empty(rows, (cols + 7) // 8, dtype=torch.uint8, device=w.device) if write_mask else dummy
     else:
         packed = torch.zeros(rows, (cols + 31) // 32, dtype=torch.int32, device=w.device) if write_mask else dummy
-    bad = sym_prune_triton(prog, w, g, x, r, out, packed, k=k, nm=nm, write_w=write_weight, write_mask=write_mask)
+    bad = sym_prune_triton(prog, w, g, x, r, out, packed, k=k, nm=nm, write_w=write_weight, write_mask=write_mask,
+                           v=v)  # fmt: skip
     if bool(bad.any()):
         _raise_nonfinite(tree, bad)
     if write_mask and nm is not None:  # little-endian int32 words are exactly the packed bytes

@@ -32,7 +32,7 @@ if triton is not None:
 
     @triton.jit
     def _sym_row_prune_kernel(
-        w_ptr, g_ptr, x_ptr, r_ptr, out_ptr, packed_ptr, bad_ptr,
+        w_ptr, g_ptr, x_ptr, r_ptr, v_ptr, out_ptr, packed_ptr, bad_ptr,
         n_rows, n_cols, k, stride_w, stride_g, stride_o, stride_p,
         SCORE: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_G: tl.constexpr, HAS_X: tl.constexpr,
         WRITE_W: tl.constexpr, WRITE_MASK: tl.constexpr,
@@ -52,7 +52,7 @@ if triton is not None:
                 g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
             else:
                 g = a
-            s = SCORE(a, g, x, r_ptr)
+            s = SCORE(a, g, x, r_ptr, v_ptr, row, cols, n_rows, n_cols)
             n_bad = _nonfinite(s, m)
             pruned = _select_row(_order_key(s), m, k) & (n_bad == 0)
             if WRITE_W:
@@ -64,7 +64,7 @@ if triton is not None:
 
     @triton.jit
     def _sym_long_row_prune_kernel(
-        w_ptr, g_ptr, x_ptr, r_ptr, out_ptr, packed_ptr, bad_ptr,
+        w_ptr, g_ptr, x_ptr, r_ptr, v_ptr, out_ptr, packed_ptr, bad_ptr,
         n_rows, n_cols, k, stride_w, stride_g, stride_o, stride_p,
         SCORE: tl.constexpr, CHUNK: tl.constexpr, NCH: tl.constexpr, ROWS: tl.constexpr, HAS_G: tl.constexpr,
         HAS_X: tl.constexpr, WRITE_W: tl.constexpr, WRITE_MASK: tl.constexpr,
@@ -92,7 +92,7 @@ if triton is not None:
                     g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
                 else:
                     g = a
-                s = SCORE(a, g, xs[c], r_ptr)
+                s = SCORE(a, g, xs[c], r_ptr, v_ptr, row, cols, n_rows, n_cols)
                 n_bad += _nonfinite(s, m)
                 keys = keys + (_order_key(s),)
             # 32-pass binary radix select over all chunks: the largest T with #(key < T) <= k - 1.
@@ -127,7 +127,7 @@ if triton is not None:
 
     @triton.jit
     def _sym_nm_prune_kernel(
-        w_ptr, g_ptr, x_ptr, r_ptr, out_ptr, packed_ptr, bad_ptr,
+        w_ptr, g_ptr, x_ptr, r_ptr, v_ptr, out_ptr, packed_ptr, bad_ptr,
         n_rows, n_cols, stride_w, stride_g, stride_o, stride_p,
         SCORE: tl.constexpr, N_PRUNE: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BLOCK_G: tl.constexpr,
         ROWS: tl.constexpr, HAS_G: tl.constexpr, HAS_X: tl.constexpr, WRITE_W: tl.constexpr,
@@ -151,7 +151,7 @@ if triton is not None:
                 g = tl.load(g_ptr + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
             else:
                 g = a
-            s = SCORE(a, g, x, r_ptr)
+            s = SCORE(a, g, x, r_ptr, v_ptr, row, cols, n_rows, n_cols)
             bad = tl.sum(tl.sum((m & ((s != s) | (tl.abs(s) == float("inf")))).to(tl.int32), axis=1), axis=0)
             key = tl.where(cmask, _order_key(s), tl.full(s.shape, 0xFFFFFFFF, tl.uint32))
             kj = key[:, :, None]
@@ -230,11 +230,13 @@ def sym_reduce_triton(prog, stage: int, w: torch.Tensor, g, x, r: torch.Tensor) 
 
 
 def sym_prune_triton(prog, w: torch.Tensor, g, x, r: torch.Tensor, out: torch.Tensor, packed, *, k: int | None,
-                     nm: tuple[int, int] | None, write_w: bool, write_mask: bool) -> torch.Tensor:  # fmt: skip
+                     nm: tuple[int, int] | None, write_w: bool, write_mask: bool,
+                     v: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Launch the row, long-row or N:M symbolic kernel; returns the int32 ``[out]`` flags of non-finite rows.
 
     Args:
-        prog: the ``SymbolicProgram``; r: its float32 parameters (pre-pass done).
+        prog: the ``SymbolicProgram``; r: its float32 parameters (pre-pass done); v: its float32 divisor vectors
+            (``rsn``/``csn``: column ones, ``in`` each, then row ones, ``out`` each), or None if it has none.
         w: ``[out, in]`` weight, unit column stride; g: ``[out, in]`` (unit column stride) or None; x: ``[in]``
             float32 or None.
         out: the weight to zero (holds W already) or a dummy; packed: uint8 ``[out, ceil(in/8)]`` (row select), or
@@ -243,8 +245,9 @@ def sym_prune_triton(prog, w: torch.Tensor, g, x, r: torch.Tensor, out: torch.Te
     """
     rows, cols = w.shape
     bad = torch.zeros(rows, dtype=torch.int32, device=w.device)
+    v = r if v is None else v
     has_g, has_x = g is not None, x is not None
-    common = dict(w_ptr=w, g_ptr=g if has_g else w, x_ptr=x if has_x else r, r_ptr=r, out_ptr=out,
+    common = dict(w_ptr=w, g_ptr=g if has_g else w, x_ptr=x if has_x else r, r_ptr=r, v_ptr=v, out_ptr=out,
                   packed_ptr=packed, bad_ptr=bad, n_rows=rows, n_cols=cols, stride_w=w.stride(0),
                   stride_g=g.stride(0) if has_g else 0, stride_o=out.stride(0) if write_w else 0,
                   stride_p=packed.stride(0) if write_mask else 0)  # fmt: skip

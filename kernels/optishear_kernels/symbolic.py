@@ -5,12 +5,16 @@ A tree becomes a ``SymbolicProgram`` once per expression text (the search hands 
 program serves a whole ranking class):
 
 - its whole-tensor reductions (``mms``: min and range; ``zsn``: mean and std; ``div``: the divisor's norm), in the
-  order they depend on each other. Reductions over X-only subtrees (``[1, in]``) run on the host with the twin's own
+  order they depend on each other, and its row and column divisors (``rsn``, ``csn``: float32 vectors the scoring
+  function loads per row and per column). Reductions over X-only subtrees (``[1, in]``) run on the host with the twin's own
   code; those over W/G subtrees run in Triton pre-passes, one launch per nesting level (a reduction whose argument
   holds another reduction waits for it), each reading W and G once and returning per-tile float64 sums and float32
-  extremes that ``expr.finalize`` turns into the float32 parameters;
-- generated Triton source: ``score_<digest>(a, g, x, r_ptr)`` (the tree on tiles: ``a = |W|``, ``g = G``, ``x = X``,
-  the reductions' parameters at ``r_ptr``) and, per pre-pass level, ``stage<s>_<digest>`` returning the tuple of the
+  extremes that ``expr.finalize`` turns into the float32 parameters. A tree with ``rsn`` or ``csn`` computes all its
+  reductions and divisors on the host with the twin's code (``TorchEvaluator``: one torch evaluation of each
+  reduced subtree, so such trees move more bytes than the minimum), and the prune kernel stays one pass;
+- generated Triton source: ``score_<digest>(a, g, x, r_ptr, v_ptr, row, cols, n_rows, n_cols)`` (the tree on
+  tiles: ``a = |W|``, ``g = G``, ``x = X``, the reductions' parameters at ``r_ptr``, the divisor vectors at ``v_ptr``:
+  column divisors first, ``n_cols`` each, then row divisors, ``n_rows`` each) and, per pre-pass level, ``stage<s>_<digest>`` returning the tuple of the
   level's reduction arguments. The prune kernels (``prune_symbolic``) take these functions as constexprs.
 
 The source is deterministic (a function of the expression text only: post-order with shared subtrees computed once),
@@ -31,7 +35,7 @@ import linecache
 import threading
 from dataclasses import dataclass, field
 
-from .expr import N_SLOTS, Expr, parse
+from .expr import N_SLOTS, VECTOR_KINDS, Expr, parse
 
 
 @dataclass(frozen=True)
@@ -39,11 +43,14 @@ class Reduction:
     """One whole-tensor reduction the tree needs.
 
     Attributes:
-        kind: ``minmax`` (mms), ``moments`` (zsn) or ``sqsum`` (div's norm).
+        kind: ``minmax`` (mms), ``moments`` (zsn), ``sqsum`` (div's norm), or the vectors ``rowsum`` (rsn),
+            ``colsum`` (csn).
         node: the subtree it reduces over.
         broadcast: ``sqsum`` of an X-only divisor next to a W/G numerator: the norm of the row repeated over rows.
-        slot: index of its first float32 parameter in the parameter vector.
-        stage: 0 for X-only arguments (host), s >= 1 for the s-th Triton pre-pass.
+        slot: index of its first float32 parameter in the parameter vector; for a vector, its index among the
+            vectors of its kind.
+        stage: 0 for X-only arguments and for every reduction of a tree with vectors (host), s >= 1 for the s-th
+            Triton pre-pass.
     """
 
     kind: str
@@ -74,18 +81,42 @@ class SymbolicProgram:
     def n_stages(self) -> int:
         return len(self.stage_members)
 
+    @property
+    def vectors(self) -> list[Reduction]:
+        return [r for r in self.reductions if r.kind in VECTOR_KINDS]
+
+    @property
+    def n_col_vectors(self) -> int:
+        return sum(r.kind == "colsum" for r in self.reductions)
+
+    @property
+    def n_row_vectors(self) -> int:
+        return sum(r.kind == "rowsum" for r in self.reductions)
+
     def slots(self, red: Reduction) -> list[int]:
-        return list(range(red.slot, red.slot + N_SLOTS[red.kind]))
+        return list(range(red.slot, red.slot + N_SLOTS.get(red.kind, 0)))
+
+
+def _reduction_keys(node: Expr) -> list[tuple]:
+    """Every reduction a node needs (``rcn``: its argument's row and column sums)."""
+    if node.op == "rcn":
+        return [("rowsum", node.args[0], False), ("colsum", node.args[0], False)]
+    key = _reduction_key(node)
+    return [] if key is None else [key]
 
 
 def _reduction_key(node: Expr):
-    """The reduction a node needs, as ``(kind, argument, broadcast)``, or None."""
+    """The reduction a node needs, as ``(kind, argument, broadcast)``, or None (``rcn``: see ``_reduction_keys``)."""
     if node.op == "mms":
         return ("minmax", node.args[0], False)
     if node.op == "zsn":
         return ("moments", node.args[0], False)
     if node.op == "div":
         return ("sqsum", node.args[1], node.is_mat and not node.args[1].is_mat)
+    if node.op == "rsn":
+        return ("rowsum", node.args[0], False)
+    if node.op == "csn":
+        return ("colsum", node.args[0], False)
     return None
 
 
@@ -97,8 +128,7 @@ def plan_reductions(expr: Expr) -> list[Reduction]:
     def visit(node: Expr) -> int:
         """Post-order; returns the highest stage of the reductions inside ``node`` (0: none or host only)."""
         inner = max((visit(a) for a in node.args), default=0)
-        key = _reduction_key(node)
-        if key is not None:
+        for key in _reduction_keys(node):
             if key not in stage_of:
                 arg = key[1]
                 stage_of[key] = 1 + _max_stage_inside(arg, stage_of) if arg.is_mat else 0
@@ -107,19 +137,25 @@ def plan_reductions(expr: Expr) -> list[Reduction]:
         return inner
 
     visit(expr)
-    out, slot = [], 0
+    host = any(key[0] in VECTOR_KINDS for key in order)  # divisors come from the twin: so does everything else
+    out, slot, n_vec = [], 0, {k: 0 for k in VECTOR_KINDS}
     for kind, node, broadcast in order:
-        out.append(Reduction(kind, node, broadcast, slot, stage_of[(kind, node, broadcast)]))
-        slot += N_SLOTS[kind]
+        stage = 0 if host else stage_of[(kind, node, broadcast)]
+        if kind in VECTOR_KINDS:
+            out.append(Reduction(kind, node, broadcast, n_vec[kind], stage))
+            n_vec[kind] += 1
+        else:
+            out.append(Reduction(kind, node, broadcast, slot, stage))
+            slot += N_SLOTS[kind]
     return out
 
 
 def _max_stage_inside(node: Expr, stage_of: dict) -> int:
     best = 0
     for n in node.nodes():
-        key = _reduction_key(n)
-        if key is not None and key in stage_of:
-            best = max(best, stage_of[key])
+        for key in _reduction_keys(n):
+            if key in stage_of:
+                best = max(best, stage_of[key])
     return best
 
 
@@ -128,12 +164,21 @@ class _Codegen:
 
     def __init__(self, reductions: list[Reduction]):
         self.slot = {(r.kind, r.node, r.broadcast): r.slot for r in reductions}
+        self.n_col_vectors = sum(r.kind == "colsum" for r in reductions)
         self.lines: list[str] = []
         self.names: dict[Expr, str] = {}
 
     def param(self, node: Expr, i: int = 0) -> str:
         key = _reduction_key(node)
         return f"tl.load(r_ptr + {self.slot[key] + i})"
+
+    def sums(self, kind: str, node: Expr) -> str:
+        """Load the row (``rowsum``: after the column ones, ``n_rows`` each; a row past the end reads 1) or column
+        (``colsum``: ``n_cols`` each; padding columns read 1) sums of ``node``'s argument."""
+        i = self.slot[(kind, node.args[0], False)]
+        if kind == "colsum":
+            return f"tl.load(v_ptr + {i} * n_cols + cols, mask=cols < n_cols, other=1.0)"
+        return f"tl.load(v_ptr + {self.n_col_vectors} * n_cols + {i} * n_rows + row, mask=row < n_rows, other=1.0)"
 
     def __call__(self, node: Expr) -> str:
         if node in self.names:
@@ -171,6 +216,12 @@ class _Codegen:
             code = f"tl.math.div_rn({a} - {self.param(node, 0)}, {self.param(node, 1)} + tl.zeros_like({a}))"
         elif op == "zsn":
             code = f"tl.math.div_rn({a} - {self.param(node, 0)}, {self.param(node, 1)} + tl.zeros_like({a}))"
+        elif op in ("rsn", "csn", "rcn"):
+            if op == "rcn":
+                d = f"({self.sums('rowsum', node)} + {self.sums('colsum', node)})"
+            else:
+                d = self.sums("rowsum" if op == "rsn" else "colsum", node)
+            code = f"tl.math.div_rn({a}, tl.where({d} > 0, {d}, 1.0) + tl.zeros_like({a}))"
         else:  # pragma: no cover - Expr validates operators
             raise ValueError(f"unknown operator {op!r}")
         name = f"v{len(self.names)}"
@@ -198,7 +249,8 @@ def generate_source(expr: Expr, reductions: list[Reduction], digest: str) -> tup
                  f"    return ({', '.join(outs)},)"]  # fmt: skip
     gen = _Codegen(reductions)
     out = gen(expr)
-    body += ["", "@triton.jit", f"def score_{digest}(a, g, x, r_ptr):", f'    """{expr.text}"""', *gen.lines,
+    body += ["", "@triton.jit", f"def score_{digest}(a, g, x, r_ptr, v_ptr, row, cols, n_rows, n_cols):",
+             f'    """{expr.text}"""', *gen.lines,
              f"    return {out}"]  # fmt: skip
     return "\n".join(head + body[1:]) + "\n", n_stages
 
@@ -227,7 +279,7 @@ def compile_expr(expr: Expr | str, *, with_triton: bool = True) -> SymbolicProgr
         digest = expr_digest(key)
         source, n_stages = generate_source(tree, reductions, digest)
         members = [[i for i, r in enumerate(reductions) if r.stage == s] for s in range(1, n_stages + 1)]
-        prog = SymbolicProgram(tree, digest, source, reductions, sum(N_SLOTS[r.kind] for r in reductions),
+        prog = SymbolicProgram(tree, digest, source, reductions, sum(N_SLOTS.get(r.kind, 0) for r in reductions),
                                stage_members=members)  # fmt: skip
         if with_triton:
             ns = _load(source, digest)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from optishear_kernels import PRUNER_ZERO, canonical, parse_expr
 from optishear_kernels.canonical import RULES
-from optishear_kernels.expr import Expr, expr_score, random_tree
+from optishear_kernels.expr import ALL_OPERATORS, Expr, expr_score, random_tree
 from optishear_kernels.prune import fused_prune_torch
 
 
@@ -96,7 +96,8 @@ PATTERNS = {
     "mul-self": ["add(mul({a},{a}),{b})"],
     "neg-out": ["add(mul(neg({a}),{b}),{c})", "add(tanh(neg({a})),{b})", "add(zsn(neg({a})),{b})",
                 "add(sub({a},neg({b})),{c})", "add(sub(neg({a}),{b}),{c})", "add(add(neg({a}),{b}),{c})",
-                "add(neg(sub({a},{b})),{c})", "add(div(neg({a}),{b}),{c})"],
+                "add(neg(sub({a},{b})),{c})", "add(div(neg({a}),{b}),{c})", "add(rsn(neg({a})),{b})",
+                "add(csn(neg({a})),{b})", "add(rcn(neg({a})),{b})"],
     "commute": ["add(add(X,W),{a})", "sub(mul(X,G),{a})"],
     "norm-sign": ["add(div({a},neg({b})),{c})", "add(div({a},abs({b})),{c})"],
     "div-scale": ["mul(div({a},{b}),W)", "add(zsn(div(mul({a},W),{b})),{c})", "div({a},{b})",
@@ -106,6 +107,12 @@ PATTERNS = {
                       "mms(zsn(mul({a},{b})))"],
     "root-power": ["mul(sqr(W),X)", "mul(mul(W,W),{c})", "mul(sqrt(W),sqrt(sqrt({c})))", "mul(sqr({c}),sqr(G))",
                    "mul(mul(W,X),mul(W,G))", "mul(W,sqr(sqr(G)))"],
+    "row-factor": ["rsn({a})", "mul(rsn({a}),{b})", "mul(mul({b},rsn({a})),{c})", "neg(mul(rsn({a}),{b}))",
+                   "mul(rsn(mul({a},G)),csn(W))"],
+    "rsn-scalar": ["add(mms(mul(rsn(sqrt(X)),{a})),{b})", "add(zsn(mul(W,rsn(X))),{b})",
+                   "add(csn(mul(rsn(mms(X)),{a})),{b})", "add(rcn(mul(rsn(X),{a})),{b})"],
+    "rsn-rsn": ["add(rsn(rsn({a})),{b})"],
+    "csn-csn": ["add(csn(csn({a})),{b})"],
 }
 
 
@@ -140,6 +147,17 @@ def test_random_trees_keep_their_masks_and_canonical_forms_are_fixed_points():
     assert n > 200
 
 
+def test_random_trees_with_relative_operators_keep_their_masks():
+    rng = random.Random(11)
+    n = 0
+    for i in range(150):
+        tree = random_tree(rng, rng.randint(1, 4), grow=bool(i % 2), operators=ALL_OPERATORS)
+        canon = canonical(tree)
+        assert canonical(canon) == canon
+        n += _same_masks(tree, canon, seeds=(i,))
+    assert n > 100
+
+
 def test_known_classes():
     wanda = parse_expr("mul(W,sqrt(X))")
     for t in ["mul(sqr(W),X)", "div(mul(W,sqrt(X)),G)", "skp(mms(mul(W,sqrt(X))))", "mul(sqrt(X),abs(W))",
@@ -155,6 +173,11 @@ def test_known_classes():
     # dropping div would make zsn's argument [1, in]: another std (n - 1 of in, not of out * in)
     assert canonical("add(zsn(div(X,W)),W)").text == "add(W,zsn(div(X,W)))"
     assert canonical("zsn(div(X,W))").text == "X"  # at the root zsn and div both go
+    # a factor per row keeps every row's ranking; one per column does not
+    assert canonical("mul(rsn(W),sqrt(X))") == canonical("rsn(mul(sqr(W),X))") == wanda
+    assert canonical("mul(sqrt(sqrt(X)),add(rsn(W),csn(W)))").text == "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"
+    assert canonical("mul(csn(W),sqrt(X))").text == "mul(csn(W),sqrt(X))"
+    assert canonical("mul(rcn(mul(W,G)),sqrt(X))").text == "mul(rcn(mul(G,W)),sqrt(X))"
 
 
 def test_canonical_forms_are_deterministic_text():

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from optishear_kernels import PRUNER_ZERO, Expr, expr_score, from_pruner_zero, parse_expr
-from optishear_kernels.expr import ARITY, OPERATORS, random_tree
+from optishear_kernels.expr import ALL_OPERATORS, ARITY, OPERATORS, random_tree
 from optishear_kernels.prune import fused_prune_torch
 
 # data/best_tree.json of pprp/Pruner-Zero (commit db70134), the metric the paper published.
@@ -26,7 +26,8 @@ def _data(rows=8, cols=64, seed=0):
 def test_text_round_trips_on_random_trees():
     rng = random.Random(0)
     for i in range(500):
-        tree = random_tree(rng, rng.randint(0, 5), grow=bool(i % 2))
+        ops = ALL_OPERATORS if i % 3 == 0 else OPERATORS  # the row/column relative extension too
+        tree = random_tree(rng, rng.randint(0, 5), grow=bool(i % 2), operators=ops)
         assert parse_expr(tree.text) == tree
         assert parse_expr(" expr: " + tree.text.replace(",", " , ").replace("(", "( ")) == tree
         assert parse_expr(tree.text).text == tree.text

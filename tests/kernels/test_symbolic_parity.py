@@ -13,7 +13,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
                 allow_module_level=True)  # fmt: skip
 
 from optishear_kernels import PRUNER_ZERO, canonical, parse_expr, unpack_mask  # noqa: E402
-from optishear_kernels.expr import random_tree  # noqa: E402
+from optishear_kernels.expr import ALL_OPERATORS, expr_score, random_tree  # noqa: E402
+from optishear_kernels.metric import RIA  # noqa: E402
 from optishear_kernels.prune import fused_prune_torch, fused_prune_triton  # noqa: E402
 from optishear_kernels.symbolic import cache_info, compile_expr, generate_source, plan_reductions  # noqa: E402
 
@@ -61,21 +62,22 @@ def _run_both(tree, w, g, x, **kw):
     return outs if errs[0] is None else None
 
 
-def _random_trees(n, seed):
+def _random_trees(n, seed, operators=None):
     rng = random.Random(seed)
     trees = []
+    kw = {} if operators is None else dict(operators=operators)
     while len(trees) < n:
-        t = random_tree(rng, rng.randint(1, 4), grow=len(trees) % 3 != 0)
+        t = random_tree(rng, rng.randint(1, 4), grow=len(trees) % 3 != 0, **kw)
         trees.append(canonical(t) if len(trees) % 2 else t)
     return trees
 
 
-@pytest.mark.parametrize("chunk", range(4))
+@pytest.mark.parametrize("chunk", range(6))
 def test_random_trees_unstructured_and_nm_bit_for_bit(chunk):
-    """240 random trees (half of them canonical forms), each on fresh random data, unstructured at a random sparsity
-    and N:M."""
+    """360 random trees (half of them canonical forms), each on fresh random data, unstructured at a random sparsity
+    and N:M; chunks 4 and 5 draw from every operator, the row and column relative ones (rsn, csn) included."""
     compared = 0
-    for i, tree in enumerate(_random_trees(60, 1000 + chunk)):
+    for i, tree in enumerate(_random_trees(60, 1000 + chunk, ALL_OPERATORS if chunk >= 4 else None)):
         seed = chunk * 1000 + i
         rng = random.Random(seed)
         rows, groups = rng.randint(1, 9), rng.randint(3, 20)
@@ -95,7 +97,9 @@ def test_random_trees_unstructured_and_nm_bit_for_bit(chunk):
 @pytest.mark.parametrize("cols", [4097, 11008, 14336])
 def test_long_rows_held_on_chip(cols):
     trees = [PRUNER_ZERO, canonical(PRUNER_ZERO), parse_expr("add(div(X,W),zsn(mul(G,W)))"),
-             parse_expr("tanh(sub(log(W),exp(mul(G,X))))"), parse_expr("mul(W,sqrt(X))")]  # fmt: skip
+             parse_expr("tanh(sub(log(W),exp(mul(G,X))))"), parse_expr("mul(W,sqrt(X))"),
+             parse_expr("mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"), parse_expr("add(csn(mul(W,G)),rsn(mms(X)))"),
+             parse_expr("mul(rcn(W),sqrt(rcn(X)))")]
     for i, tree in enumerate(trees):
         w, g, x = _inputs((2, cols), cols + i, w_dtype=torch.bfloat16 if i % 2 else torch.float32)
         for s in (0.5, 0.9) if i % 2 else (0.3,):
@@ -103,6 +107,31 @@ def test_long_rows_held_on_chip(cols):
             assert torch.equal(a.packed_mask, b.packed_mask), f"{tree.text} {cols} {s}"
             assert torch.equal(_bits(a.weight), _bits(b.weight)), f"{tree.text} {cols} {s}"
             assert (unpack_mask(b.packed_mask, cols).sum(1) == int(cols * s)).all()
+
+
+def test_relative_operators_divide_by_row_and_column_sums():
+    """rsn, csn and rcn on the twin are plain divisions by the float64 sums of |a| rounded to float32 (zero sums
+    read 1), and RIA spelled with them prunes as the meta metric's RIA point, and rcn as its rowcol coefficient,
+    except for near-ties (different rounding orders)."""
+    w, g, x = _inputs((6, 40), 9)
+    w[2] = 0.0  # a zero row: its sum reads 1
+    a = w.abs()
+    rs = a.sum(1, keepdim=True, dtype=torch.float64).float()
+    cs = a.sum(0, keepdim=True, dtype=torch.float64).float()
+    assert torch.equal(expr_score(w, None, None, "rsn(W)"), a / torch.where(rs > 0, rs, torch.ones_like(rs)))
+    assert torch.equal(expr_score(w, None, None, "csn(W)"), a / torch.where(cs > 0, cs, torch.ones_like(cs)))
+    assert torch.equal(expr_score(w, None, x, "rsn(X)"), (x / x.sum(dtype=torch.float64).float()).expand(6, 40))
+    xs = torch.where(x > 0, x, torch.ones_like(x))
+    assert torch.equal(expr_score(w, None, x, "csn(X)"), (x / xs).expand(6, 40))
+    assert torch.equal(expr_score(w, None, None, "rcn(W)"), a / (rs + cs))  # no row and column both zero here
+    gen = torch.Generator().manual_seed(4)
+    w, x = torch.randn(16, 128, generator=gen), torch.rand(128, generator=gen) + 0.1
+    ria = fused_prune_torch(w.clone(), x, RIA, sparsity=0.5, write_mask=True).packed_mask
+    tree = fused_prune_torch(w.clone(), x, "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))", sparsity=0.5, write_mask=True)
+    assert (unpack_mask(ria, 128) == unpack_mask(tree.packed_mask, 128)).float().mean() > 0.995
+    rowcol = fused_prune_torch(w.clone(), x, "w:rowcol*none,x:none*sqrt", sparsity=0.5, write_mask=True).packed_mask
+    tree = fused_prune_torch(w.clone(), x, "mul(rcn(W),sqrt(sqrt(X)))", sparsity=0.5, write_mask=True)
+    assert (unpack_mask(rowcol, 128) == unpack_mask(tree.packed_mask, 128)).float().mean() > 0.995
 
 
 @pytest.mark.parametrize("w_dtype,g_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16),
@@ -140,6 +169,9 @@ def test_nonfinite_scores_raise_in_both_backends():
                 fn(w.clone(), big, tree, g=g * 1e4, sparsity=0.5)
     with pytest.raises(FloatingPointError, match=r"argument of a whole-tensor reduction"):
         fused_prune_triton(w.clone(), x * 1e30, "mms(mul(G,sqr(sqr(X))))", g=g, sparsity=0.5)
+    for fn in (fused_prune_torch, fused_prune_triton):
+        with pytest.raises(FloatingPointError, match=r"argument of a row or column reduction"):
+            fn(w.clone(), x * 1e30, "rsn(mul(G,sqr(sqr(X))))", g=g, sparsity=0.5)
 
 
 def test_generated_source_is_deterministic_and_cached_per_expression():
