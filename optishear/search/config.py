@@ -13,6 +13,7 @@ SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-
           "symbolic", "structured")
 ROW_METRIC_SPACES = ("metric", "symbolic")  # spaces that search the metric only (any structure, fixed blocks)
 OPERATORS = ("ga", "llm")
+TREE_OPERATORS = ("pruner-zero", "relative")
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -69,6 +70,9 @@ class SearchConfig:
             treated as infeasible by the optimizer; past this many the search stops with an error. (A symbolic tree
             whose scores overflow is infeasible without counting here.)
         tree_size: the symbolic space's size limit, in nodes of a tree's canonical form.
+        tree_operators: the symbolic space's operators: ``pruner-zero`` (Pruner-Zero's, the default), or
+            ``relative``: those and the row and column relative importance ``rsn``, ``csn``
+            (``optishear_kernels.expr``), with RIA written with them as one more seed.
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
@@ -101,6 +105,8 @@ class SearchConfig:
     validate_seqlen: int = opt(512, type=int, help="tokens per held-out prompt")
     max_failures: int = opt(10, type=int, help="failed trials tolerated before the search stops")
     tree_size: int = opt(17, type=int, help="symbolic space: most nodes a tree may have")
+    tree_operators: str = opt("pruner-zero", choices=TREE_OPERATORS, type=str, help="symbolic space: Pruner-Zero's "
+                              "operators, or with the row/column relative ones (rsn, csn) and RIA as a seed")  # fmt: skip
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
@@ -122,6 +128,8 @@ class SearchConfig:
                              "(plan.structured=True; the CLI sets it), and a structured plan needs --space structured")
         if self.operators not in OPERATORS:
             raise ValueError(f"operators must be one of {OPERATORS}, got {self.operators!r}")
+        if self.tree_operators not in TREE_OPERATORS:
+            raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
         if self.space == "structured":
             _pos_int(self.mlp_steps, "mlp_steps")
             if self.plan.layer_rates is not None and self.plan.layer_rates != "uniform":
@@ -198,4 +206,5 @@ class SearchConfig:
         return cfg
 
 
-__all__ = ["SearchConfig", "SPACES", "ALGORITHMS", "OBJECTIVES", "OPERATORS", "search_plan_defaults"]
+__all__ = ["SearchConfig", "SPACES", "ALGORITHMS", "OBJECTIVES", "OPERATORS", "TREE_OPERATORS",
+           "search_plan_defaults"]

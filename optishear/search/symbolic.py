@@ -8,8 +8,9 @@ release), on the search package's ask/tell interface.
 
 - first generation: the seeds (Wanda ``mul(W,sqrt(X))`` first, the stage's baseline; magnitude ``W``; RIA's
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
-  Pruner-Zero's operators do not have); the published Pruner-Zero metric), then ramped half-and-half trees of depth 2
-  to 4 (grow and full alternating over the depths), each simplified to its canonical form, duplicates redrawn;
+  Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
+  RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then ramped half-and-half trees of depth 2 to 4 (grow and
+  full alternating over the depths), each simplified to its canonical form, duplicates redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
   tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
   node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for
@@ -33,12 +34,14 @@ import random
 
 import numpy as np
 from optishear_kernels import PRUNER_ZERO, Expr, canonical, parse_expr
-from optishear_kernels.expr import ARITY, BINARY, TERMINALS, UNARY, random_tree
+from optishear_kernels.expr import ARITY, BINARY, OPERATORS, RELATIVE, TERMINALS, random_tree
 
 from ..methods.expression import expression_plan_metric
 from .config import SearchConfig
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
+RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
+TREE_OPERATORS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}
 
 
 class SymbolicSpace:
@@ -91,12 +94,13 @@ class GPOptimizer:
         seeds: trees of the first generation, in order (the first is the stage's baseline).
         max_size: most nodes a tree may have (canonical form).
         tournament, p_crossover, p_subtree, p_point, elitism, init_depth: the GP's settings (module docstring).
+        operators: the operators random trees and point mutations draw from (``TREE_OPERATORS``).
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
                  seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
                  p_subtree: float = 0.15, p_point: float = 0.1, elitism: int = 2,
-                 init_depth: tuple[int, int] = (2, 4)):  # fmt: skip
+                 init_depth: tuple[int, int] = (2, 4), operators: tuple[str, ...] = OPERATORS):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
         self.space = space
@@ -107,6 +111,8 @@ class GPOptimizer:
         self.tournament = tournament
         self.p_crossover, self.p_subtree, self.p_point = p_crossover, p_subtree, p_point
         self.elitism = elitism
+        self.operators = tuple(operators)
+        self.unary = tuple(o for o in self.operators if ARITY[o] == 1)
         self.generation = 0
         self.best: dict[str, tuple[Expr, float]] = {}
         self.pop = self._initial([canonical(parse_expr(s)) for s in seeds][:pop_size], init_depth)
@@ -125,7 +131,7 @@ class GPOptimizer:
             d = depths[i % len(depths)]
             grow = (i // len(depths)) % 2 == 0
             i += 1
-            t = canonical(random_tree(self.rng, d, grow))
+            t = canonical(random_tree(self.rng, d, grow, operators=self.operators))
             tries += 1
             if (t in seen or t.size > self.max_size) and tries < 100 * self.pop_size:
                 continue
@@ -144,11 +150,11 @@ class GPOptimizer:
 
     def _subtree(self, a: Expr) -> Expr:
         pa, _ = self.rng.choice(list(_paths(a)))
-        return _replace(a, pa, random_tree(self.rng, self.rng.randint(1, 3), grow=True))
+        return _replace(a, pa, random_tree(self.rng, self.rng.randint(1, 3), grow=True, operators=self.operators))
 
     def _point(self, a: Expr) -> Expr:
         pa, node = self.rng.choice(list(_paths(a)))
-        pool = TERMINALS if not node.args else UNARY if ARITY[node.op] == 1 else BINARY
+        pool = TERMINALS if not node.args else self.unary if ARITY[node.op] == 1 else BINARY
         op = self.rng.choice([o for o in pool if o != node.op])
         return _replace(a, pa, Expr(op, node.args))
 
@@ -208,10 +214,12 @@ def symbolic_stage(cfg: SearchConfig, runner):
 
     def build(prev):
         space = SymbolicSpace("symbolic", cfg, len(runner.linears))
+        relative = cfg.tree_operators == "relative"
         return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.plan.seed,
-                                  max_size=cfg.tree_size)  # fmt: skip
+                                  max_size=cfg.tree_size, operators=TREE_OPERATORS[cfg.tree_operators],
+                                  seeds=SEEDS + (RIA_TREE,) if relative else SEEDS)  # fmt: skip
 
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "TREE_OPERATORS"]

@@ -8,7 +8,7 @@ from optishear import prune
 from optishear.plan import Plan
 from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
-from optishear.search.symbolic import SEEDS, GPOptimizer, SymbolicSpace
+from optishear.search.symbolic import RIA_TREE, SEEDS, TREE_OPERATORS, GPOptimizer, SymbolicSpace
 from optishear_kernels import canonical, parse_expr
 
 from ..conftest import Killed, kill_after, random_windows, tiny_llama
@@ -29,9 +29,9 @@ def _run(tmp_path, name, cfg, **kw):
                   **kw)  # fmt: skip
 
 
-def _gp(seed=0, pop=12, gens=5, fitness=None):
+def _gp(seed=0, pop=12, gens=5, fitness=None, **kw):
     space = SymbolicSpace("symbolic", _cfg(), 3)
-    opt = GPOptimizer(space, pop_size=pop, generations=gens, seed=seed, max_size=15)
+    opt = GPOptimizer(space, pop_size=pop, generations=gens, seed=seed, max_size=15, **kw)
     asked = []
     fitness = fitness or (lambda t: t.size + len(t.text) / 100)
     while opt.has_next():
@@ -63,6 +63,19 @@ def test_gp_is_seeded_canonical_bounded_and_deterministic():
                           key=lambda t: (parse_expr(t).size + len(t) / 100, t) if not t.startswith("exp") else (1e9, t))
 
 
+def test_relative_operators_are_drawn_only_when_asked():
+    """The default grammar is Pruner-Zero's (no rsn/csn in any tree); ``relative`` draws them and seeds RIA."""
+
+    def ops(asked):
+        return {n.op for gen in asked for t in gen for n in parse_expr(t).nodes()}
+
+    _, plain = _gp(pop=16, gens=6)
+    assert not ops(plain) & {"rsn", "csn"}
+    _, rel = _gp(pop=16, gens=6, operators=TREE_OPERATORS["relative"], seeds=SEEDS + (RIA_TREE,))
+    assert {"rsn", "csn"} <= ops(rel)
+    assert rel[0][len(SEEDS)] == canonical(RIA_TREE).text == RIA_TREE
+
+
 def test_gp_improves_a_fitness_it_can_see():
     """A fitness that rewards trees close to a target in size selects towards it."""
     target = 9
@@ -90,6 +103,18 @@ def test_symbolic_search_end_to_end_and_its_recipe_replays(tmp_path):
     assert replay.mask_digest == recipe["mask_digest"]
     for f in ("history.json", "pareto.json", "search.png", "validation.jsonl"):
         assert (out / f).is_file(), f
+
+
+def test_symbolic_search_with_relative_operators_replays(tmp_path):
+    res = _run(tmp_path, "rel", _cfg(tree_operators="relative", generations=2))
+    out = tmp_path / "rel"
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert res.trials == 12 and any(t["metric"] == f"expr:{RIA_TREE}" for t in trials)
+    assert json.loads((out / "config.json").read_text())["tree_operators"] == "relative"
+    recipe = json.loads((out / "optishear_recipe.json").read_text())
+    replay = prune(tiny_llama(layers=3), plan=recipe_plan(recipe), windows=random_windows(4, 32), keep_masks=True,
+                   progress=False, grad_cache=out / "gradients")  # fmt: skip
+    assert replay.mask_digest == recipe["mask_digest"]
 
 
 def test_symbolic_kill_and_resume_equals_an_uninterrupted_run_and_reloads_gradients(tmp_path, monkeypatch):
