@@ -8,6 +8,7 @@ a fused prune needs: read W and the statistics once, write the output once.
 
     TRITON_INTERPRET=1 python bench/traffic.py            # writes the Markdown table to stdout
     TRITON_INTERPRET=1 python bench/traffic.py --symbolic # the symbolic-metric kernels' table
+    TRITON_INTERPRET=1 python bench/traffic.py --relative # symbolic trees with row/column sums (rsn, csn, rcn)
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def measure(rows: int, cols: int, dtype: torch.dtype, sparsity: float = 0.5, met
 
 
 SYMBOLIC_TREES = ("mul(W,sqrt(mms(G)))", "mul(W,sqrt(X))", "add(div(X,W),zsn(mul(G,W)))")  # Pruner-Zero, Wanda, a mix
+RELATIVE_TREES = ("mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))", "mul(rcn(W),sqrt(X))")  # RIA; the meta metric's rowcol
 
 
 def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dtype, tree: str,
@@ -177,7 +179,7 @@ def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dt
     in torch with Wanda's sort-based selection. Minimum: read W, G (if the tree reads it) and X (if it does) once, write
     the output once."""
     from optishear_kernels import parse_expr
-    from optishear_kernels.expr import TorchEvaluator, expr_score
+    from optishear_kernels.expr import VECTOR_KINDS, TorchEvaluator, expr_score
     from optishear_kernels.prune_symbolic import sym_prune_triton, sym_reduce_triton
     from optishear_kernels.symbolic import compile_expr
 
@@ -202,13 +204,27 @@ def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dt
     r = torch.zeros(max(prog.n_slots, 1))
     host = TorchEvaluator(None, None, x if t.uses_x else None, shape=(rows, cols))
     for red in prog.reductions:
-        if red.stage == 0:
+        if red.stage == 0 and not prog.vectors:  # X-only reductions (a tree with vectors: all below)
             params = host.reduction(red.kind, red.node, red.broadcast)
             r[red.slot : red.slot + len(params)] = torch.stack(params)
     gg, xx = (g if t.uses_g else None), (x if t.uses_x else None)
     with count_triton() as pre:
         for stage in range(1, prog.n_stages + 1):
             sym_reduce_triton(prog, stage, w, gg, xx, r)
+    v = None
+    if prog.vectors:  # rsn/csn/rcn: every reduction and sum on the host, in torch (as the launcher does)
+        with CountTorch() as host_pre:
+            host = TorchEvaluator(w, gg, xx)
+            for red in prog.reductions:
+                if red.kind not in VECTOR_KINDS:
+                    params = host.reduction(red.kind, red.node, red.broadcast)
+                    r[red.slot : red.slot + len(params)] = torch.stack(params)
+            sums = {(red.kind, red.slot): host.sums(red.kind, red.node) for red in prog.vectors}
+        n_col = prog.n_col_vectors
+        v = torch.empty(n_col * cols + prog.n_row_vectors * rows)
+        for (kind, slot), d in sums.items():
+            at, m = (slot * cols, cols) if kind == "colsum" else (n_col * cols + slot * rows, rows)
+            v[at : at + m] = d.expand(1, m).reshape(-1) if d.numel() == 1 else d.reshape(-1)
     for kind in ("weight", "mask"):
         ww = w.clone()
         dummy = torch.empty(1)
@@ -216,12 +232,14 @@ def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dt
         packed = torch.empty(rows, (cols + 7) // 8, dtype=torch.uint8) if kind == "mask" else dummy
         with count_triton() as c:  # the prune kernel alone (the pre-pass filled r above)
             sym_prune_triton(prog, ww, gg, xx, r, out_w, packed, k=int(cols * sparsity), nm=None,
-                             write_w=kind == "weight", write_mask=kind == "mask")  # fmt: skip
+                             write_w=kind == "weight", write_mask=kind == "mask", v=v)  # fmt: skip
         label = "fused, in place" if kind == "weight" else "fused, bit-packed mask"
         row(f"{label} ({tree})", c.total, c.unique_total, kind)
     if prog.n_stages:
         row(f"  its pre-pass ({prog.n_stages} level{'s' if prog.n_stages > 1 else ''})", pre.total, pre.unique_total,
             "mask")  # fmt: skip
+    if prog.vectors:
+        row("  its host pre-pass (torch: the row and column sums)", host_pre.total, None, "mask")
     w_copy = w.clone()
     with CountTorch() as ct:
         score = expr_score(w_copy, gg, xx, t)
@@ -257,6 +275,12 @@ def main() -> None:
 
     if "--symbolic" in sys.argv:
         main_symbolic()
+        return
+    if "--relative" in sys.argv:  # trees with row/column sums (host pre-pass), rows of 4096 columns
+        print("| pipeline | shape (rows sampled) | dtypes | bytes/weight | distinct bytes/weight | minimum | ratio | "
+              "distinct ratio |\n|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
+        for tree in RELATIVE_TREES:
+            _print(measure_symbolic(64, 4096, torch.float32, torch.float32, tree))
         return
     shapes = [(128, 4096), (64, 11008)]
     print("| pipeline | shape (rows sampled) | dtype | bytes/weight | distinct bytes/weight | minimum | ratio | "
