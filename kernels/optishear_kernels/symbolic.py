@@ -218,10 +218,12 @@ class _Codegen:
             code = f"tl.math.div_rn({a} - {self.param(node, 0)}, {self.param(node, 1)} + tl.zeros_like({a}))"
         elif op in ("rsn", "csn", "rcn"):
             if op == "rcn":
-                d = f"({self.sums('rowsum', node)} + {self.sums('colsum', node)})"
+                d = f"{self.sums('rowsum', node)} + {self.sums('colsum', node)}"
             else:
                 d = self.sums("rowsum" if op == "rsn" else "colsum", node)
-            code = f"tl.math.div_rn({a}, tl.where({d} > 0, {d}, 1.0) + tl.zeros_like({a}))"
+            dname = f"d{len(self.names)}"  # loaded once, tested and used
+            self.lines.append(f"    {dname} = {d}")
+            code = f"tl.math.div_rn({a}, tl.where({dname} > 0, {dname}, 1.0) + tl.zeros_like({a}))"
         else:  # pragma: no cover - Expr validates operators
             raise ValueError(f"unknown operator {op!r}")
         name = f"v{len(self.names)}"
