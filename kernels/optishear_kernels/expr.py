@@ -502,7 +502,7 @@ def expr_score(w: torch.Tensor, g: torch.Tensor | None, x: torch.Tensor | None, 
     return out.copy_(v)
 
 
-__all__ = ["Expr", "T", "W", "G", "X", "TERMINALS", "UNARY", "BINARY", "OPERATORS", "RELATIVE", "ALL_OPERATORS", "ARITY",
-           "EXP_MAX", "LOG_EPS",
-           "PRUNER_ZERO", "parse", "from_pruner_zero", "random_tree", "looks_like_expr", "expr_score", "TorchEvaluator",
-           "finalize", "tensor_stats", "REDUCTION_KINDS", "N_SLOTS", "VECTOR_KINDS", "abs_sums", "divide"]  # fmt: skip
+__all__ = ["Expr", "T", "W", "G", "X", "TERMINALS", "UNARY", "BINARY", "OPERATORS", "RELATIVE", "ALL_OPERATORS",
+           "ARITY", "EXP_MAX", "LOG_EPS", "PRUNER_ZERO", "parse", "from_pruner_zero", "random_tree", "looks_like_expr",
+           "expr_score", "TorchEvaluator", "finalize", "tensor_stats", "REDUCTION_KINDS", "N_SLOTS", "VECTOR_KINDS",
+           "abs_sums", "divide"]  # fmt: skip

@@ -5,17 +5,19 @@ A tree becomes a ``SymbolicProgram`` once per expression text (the search hands 
 program serves a whole ranking class):
 
 - its whole-tensor reductions (``mms``: min and range; ``zsn``: mean and std; ``div``: the divisor's norm), in the
-  order they depend on each other, and its row and column divisors (``rsn``, ``csn``: float32 vectors the scoring
-  function loads per row and per column). Reductions over X-only subtrees (``[1, in]``) run on the host with the twin's own
-  code; those over W/G subtrees run in Triton pre-passes, one launch per nesting level (a reduction whose argument
-  holds another reduction waits for it), each reading W and G once and returning per-tile float64 sums and float32
-  extremes that ``expr.finalize`` turns into the float32 parameters. A tree with ``rsn`` or ``csn`` computes all its
-  reductions and divisors on the host with the twin's code (``TorchEvaluator``: one torch evaluation of each
-  reduced subtree, so such trees move more bytes than the minimum), and the prune kernel stays one pass;
+  order they depend on each other, and its row and column sums (``rsn``, ``csn``, ``rcn``: float32 vectors the
+  scoring function loads per row and per column). Reductions over X-only subtrees (``[1, in]``) run on the host
+  with the twin's own code; those over W/G subtrees run in Triton pre-passes, one launch per nesting level (a
+  reduction whose argument holds another reduction waits for it), each reading W and G once and returning per-tile
+  float64 sums and float32 extremes that ``expr.finalize`` turns into the float32 parameters. A tree with ``rsn``,
+  ``csn`` or ``rcn`` computes all its reductions and sums on the host with the twin's code (``TorchEvaluator``: one
+  torch evaluation of each reduced subtree, so such trees move more bytes than the minimum), and the prune kernel
+  stays one pass;
 - generated Triton source: ``score_<digest>(a, g, x, r_ptr, v_ptr, row, cols, n_rows, n_cols)`` (the tree on
-  tiles: ``a = |W|``, ``g = G``, ``x = X``, the reductions' parameters at ``r_ptr``, the divisor vectors at ``v_ptr``:
-  column divisors first, ``n_cols`` each, then row divisors, ``n_rows`` each) and, per pre-pass level, ``stage<s>_<digest>`` returning the tuple of the
-  level's reduction arguments. The prune kernels (``prune_symbolic``) take these functions as constexprs.
+  tiles: ``a = |W|``, ``g = G``, ``x = X``, the reductions' parameters at ``r_ptr``, the sum vectors at ``v_ptr``:
+  column sums first, ``n_cols`` each, then row sums, ``n_rows`` each) and, per pre-pass level,
+  ``stage<s>_<digest>`` returning the tuple of the level's reduction arguments. The prune kernels
+  (``prune_symbolic``) take these functions as constexprs.
 
 The source is deterministic (a function of the expression text only: post-order with shared subtrees computed once),
 registered with ``linecache`` under ``<optishear-symbolic:digest>`` so that Triton (compiler and interpreter) can

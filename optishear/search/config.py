@@ -105,8 +105,9 @@ class SearchConfig:
     validate_seqlen: int = opt(512, type=int, help="tokens per held-out prompt")
     max_failures: int = opt(10, type=int, help="failed trials tolerated before the search stops")
     tree_size: int = opt(17, type=int, help="symbolic space: most nodes a tree may have")
-    tree_operators: str = opt("pruner-zero", choices=TREE_OPERATORS, type=str, help="symbolic space: Pruner-Zero's "
-                              "operators, or with the row/column relative ones (rsn, csn) and RIA as a seed")  # fmt: skip
+    tree_operators: str = opt("pruner-zero", choices=TREE_OPERATORS, type=str,
+                              help="symbolic space: Pruner-Zero's operators, or with the row/column relative ones "
+                              "(rsn, csn, rcn) and RIA as a seed")  # fmt: skip
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
