@@ -199,7 +199,8 @@ def cmd_report(args) -> None:
     for name, sims in groups.items():
         found = [s["found_optimum"]["distinct"] if s["found_optimum"] else None for s in sims]
         rep["search"][name] = {"seeds": [s["seed"] for s in sims], "distinct_to_optimum": found,
-                               "median_distinct_to_optimum": median_found(found), "found_in": sum(f is not None for f in found),
+                               "median_distinct_to_optimum": median_found(found),
+                               "found_in": sum(f is not None for f in found),
                                "distinct": [s["distinct"] for s in sims], "trials": sims[0]["trials"],
                                "best_found_rank": [s["best_found_rank"] for s in sims]}  # fmt: skip
     out = Path(str(args.table) + ".report.json")

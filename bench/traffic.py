@@ -179,8 +179,8 @@ def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dt
     in torch with Wanda's sort-based selection. Minimum: read W, G (if the tree reads it) and X (if it does) once, write
     the output once."""
     from optishear_kernels import parse_expr
-    from optishear_kernels.expr import VECTOR_KINDS, TorchEvaluator, expr_score
-    from optishear_kernels.prune_symbolic import sym_prune_triton, sym_reduce_triton
+    from optishear_kernels.expr import expr_score
+    from optishear_kernels.prune_symbolic import sym_host_prepass, sym_prune_triton, sym_reduce_triton
     from optishear_kernels.symbolic import compile_expr
 
     t = parse_expr(tree)
@@ -202,29 +202,12 @@ def measure_symbolic(rows: int, cols: int, dtype: torch.dtype, g_dtype: torch.dt
 
     prog = compile_expr(t)
     r = torch.zeros(max(prog.n_slots, 1))
-    host = TorchEvaluator(None, None, x if t.uses_x else None, shape=(rows, cols))
-    for red in prog.reductions:
-        if red.stage == 0 and not prog.vectors:  # X-only reductions (a tree with vectors: all below)
-            params = host.reduction(red.kind, red.node, red.broadcast)
-            r[red.slot : red.slot + len(params)] = torch.stack(params)
     gg, xx = (g if t.uses_g else None), (x if t.uses_x else None)
+    with CountTorch() as host_pre:  # X-only reductions, or (rsn/csn/rcn) all of them and the sums, in torch
+        v = sym_host_prepass(prog, w, gg, xx, r)
     with count_triton() as pre:
         for stage in range(1, prog.n_stages + 1):
             sym_reduce_triton(prog, stage, w, gg, xx, r)
-    v = None
-    if prog.vectors:  # rsn/csn/rcn: every reduction and sum on the host, in torch (as the launcher does)
-        with CountTorch() as host_pre:
-            host = TorchEvaluator(w, gg, xx)
-            for red in prog.reductions:
-                if red.kind not in VECTOR_KINDS:
-                    params = host.reduction(red.kind, red.node, red.broadcast)
-                    r[red.slot : red.slot + len(params)] = torch.stack(params)
-            sums = {(red.kind, red.slot): host.sums(red.kind, red.node) for red in prog.vectors}
-        n_col = prog.n_col_vectors
-        v = torch.empty(n_col * cols + prog.n_row_vectors * rows)
-        for (kind, slot), d in sums.items():
-            at, m = (slot * cols, cols) if kind == "colsum" else (n_col * cols + slot * rows, rows)
-            v[at : at + m] = d.expand(1, m).reshape(-1) if d.numel() == 1 else d.reshape(-1)
     for kind in ("weight", "mask"):
         ww = w.clone()
         dummy = torch.empty(1)

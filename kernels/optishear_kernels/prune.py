@@ -25,14 +25,14 @@ from typing import NamedTuple
 import torch
 
 from . import backend
-from .expr import VECTOR_KINDS, Expr, TorchEvaluator, expr_score, looks_like_expr, parse
+from .expr import Expr, expr_score, looks_like_expr, parse
 from .launch import LONG_ROW, MAX_M
 from .metric import FLT_MIN, MetricConfig, _recip, all_finite, meta_score, w_coef_operands, x_part
 from .prune_long_row import long_row_prune_triton
 from .prune_nm import nm_prune_triton
 from .prune_population import population_triton
 from .prune_row import row_prune_triton
-from .prune_symbolic import sym_prune_triton, sym_reduce_triton
+from .prune_symbolic import sym_host_prepass, sym_prune_triton, sym_reduce_triton
 from .select import nm_mask, pack_mask, row_topk_mask
 from .w_stats import w_stats_triton
 
@@ -164,21 +164,7 @@ def symbolic_prune_triton(w, g, x_sq, metric, *, sparsity=None, nm=None, write_w
     g = (g if g.stride(1) == 1 else g.contiguous()).to(w.device) if tree.uses_g else None
     x = x_sq.to(w.device, torch.float32).contiguous() if tree.uses_x else None
     r = torch.zeros(max(prog.n_slots, 1), dtype=torch.float32, device=w.device)
-    vectors = prog.vectors
-    # Host reductions (X-only ones; all of them for a tree with rsn/csn): the twin's own code.
-    host = TorchEvaluator(w if vectors else None, g if vectors else None, x, shape=tuple(w.shape))
-    for red in prog.reductions:
-        if red.stage == 0 and red.kind not in VECTOR_KINDS:
-            params = host.reduction(red.kind, red.node, red.broadcast)
-            r[red.slot : red.slot + len(params)] = torch.stack(params).to(r.device)
-    v = None
-    if vectors:
-        n_col = prog.n_col_vectors
-        v = torch.empty(n_col * cols + prog.n_row_vectors * rows, dtype=torch.float32, device=w.device)
-        for red in vectors:
-            d = host.sums(red.kind, red.node)
-            at, n = (red.slot * cols, cols) if red.kind == "colsum" else (n_col * cols + red.slot * rows, rows)
-            v[at : at + n] = d.expand(1, n).reshape(-1) if d.numel() == 1 else d.reshape(-1)
+    v = sym_host_prepass(prog, w, g, x, r)  # X-only reductions, or all of them and the sums (rsn/csn/rcn)
     for stage in range(1, prog.n_stages + 1):
         sym_reduce_triton(prog, stage, w, g, x, r)
     dummy = torch.empty(1, dtype=torch.float32, device=w.device)

@@ -202,6 +202,29 @@ if triton is not None:
             tl.store(base + 3, hi.to(tl.float64))
 
 
+def sym_host_prepass(prog, w: torch.Tensor, g, x, r: torch.Tensor) -> torch.Tensor | None:
+    """The reductions that run on the host, with the twin's own code (``TorchEvaluator``): those over X-only subtrees,
+    or, for a tree with ``rsn``/``csn``/``rcn``, every reduction and the row and column sums. Fills ``r`` and returns
+    the float32 sums buffer (``SymbolicProgram.vector_span`` layout), or None if the tree has no sums."""
+    from .expr import VECTOR_KINDS, TorchEvaluator
+
+    vectors = prog.vectors
+    rows, cols = w.shape
+    host = TorchEvaluator(w if vectors else None, g if vectors else None, x, shape=(rows, cols))
+    for red in prog.reductions:
+        if red.stage == 0 and red.kind not in VECTOR_KINDS:
+            params = host.reduction(red.kind, red.node, red.broadcast)
+            r[red.slot : red.slot + len(params)] = torch.stack(params).to(r.device)
+    if not vectors:
+        return None
+    v = torch.empty(prog.n_col_vectors * cols + prog.n_row_vectors * rows, dtype=torch.float32, device=w.device)
+    for red in vectors:  # row sums are [rows, 1] ([1, 1] for an X-only argument), column sums [1, cols]
+        at, n = prog.vector_span(red, rows, cols)
+        d = host.sums(red.kind, red.node)
+        v[at : at + n] = d.expand(n, 1).reshape(-1) if red.kind == "rowsum" else d.reshape(-1)
+    return v
+
+
 def sym_reduce_triton(prog, stage: int, w: torch.Tensor, g, x, r: torch.Tensor) -> None:
     """Run pre-pass level ``stage`` (1-based) of ``prog`` and write its reductions' parameters into ``r``."""
     from .expr import finalize
@@ -262,4 +285,4 @@ def sym_prune_triton(prog, w: torch.Tensor, g, x, r: torch.Tensor, out: torch.Te
     return bad
 
 
-__all__ = ["sym_prune_triton", "sym_reduce_triton"]
+__all__ = ["sym_prune_triton", "sym_reduce_triton", "sym_host_prepass"]

@@ -95,6 +95,13 @@ class SymbolicProgram:
     def n_row_vectors(self) -> int:
         return sum(r.kind == "rowsum" for r in self.reductions)
 
+    def vector_span(self, red: Reduction, rows: int, cols: int) -> tuple[int, int]:
+        """(offset, length) of a ``rowsum``/``colsum`` vector in the sums buffer: column sums first, ``cols`` each,
+        then row sums, ``rows`` each (the layout the generated ``_Codegen.sums`` loads)."""
+        if red.kind == "colsum":
+            return red.slot * cols, cols
+        return self.n_col_vectors * cols + red.slot * rows, rows
+
     def slots(self, red: Reduction) -> list[int]:
         return list(range(red.slot, red.slot + N_SLOTS.get(red.kind, 0)))
 

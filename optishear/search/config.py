@@ -71,7 +71,7 @@ class SearchConfig:
             whose scores overflow is infeasible without counting here.)
         tree_size: the symbolic space's size limit, in nodes of a tree's canonical form.
         tree_operators: the symbolic space's operators: ``pruner-zero`` (Pruner-Zero's, the default), or
-            ``relative``: those and the row and column relative importance ``rsn``, ``csn``
+            ``relative``: those and the row and column relative importance ``rsn``, ``csn``, ``rcn``
             (``optishear_kernels.expr``), with RIA written with them as one more seed.
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes

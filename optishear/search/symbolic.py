@@ -41,7 +41,7 @@ from .config import SearchConfig
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
 RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
-TREE_OPERATORS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}
+OPERATOR_SETS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}  # by SearchConfig.tree_operators
 
 
 class SymbolicSpace:
@@ -94,7 +94,7 @@ class GPOptimizer:
         seeds: trees of the first generation, in order (the first is the stage's baseline).
         max_size: most nodes a tree may have (canonical form).
         tournament, p_crossover, p_subtree, p_point, elitism, init_depth: the GP's settings (module docstring).
-        operators: the operators random trees and point mutations draw from (``TREE_OPERATORS``).
+        operators: the operators random trees and point mutations draw from (``OPERATOR_SETS``).
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
@@ -216,10 +216,10 @@ def symbolic_stage(cfg: SearchConfig, runner):
         space = SymbolicSpace("symbolic", cfg, len(runner.linears))
         relative = cfg.tree_operators == "relative"
         return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.plan.seed,
-                                  max_size=cfg.tree_size, operators=TREE_OPERATORS[cfg.tree_operators],
+                                  max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
                                   seeds=SEEDS + (RIA_TREE,) if relative else SEEDS)  # fmt: skip
 
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "TREE_OPERATORS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]

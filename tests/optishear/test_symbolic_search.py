@@ -8,7 +8,8 @@ from optishear import prune
 from optishear.plan import Plan
 from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
-from optishear.search.symbolic import RIA_TREE, SEEDS, TREE_OPERATORS, GPOptimizer, SymbolicSpace
+from optishear.search.config import TREE_OPERATORS
+from optishear.search.symbolic import RIA_TREE, SEEDS, OPERATOR_SETS, GPOptimizer, SymbolicSpace
 from optishear_kernels import canonical, parse_expr
 
 from ..conftest import Killed, kill_after, random_windows, tiny_llama
@@ -71,9 +72,10 @@ def test_relative_operators_are_drawn_only_when_asked():
 
     _, plain = _gp(pop=16, gens=6)
     assert not ops(plain) & {"rsn", "csn"}
-    _, rel = _gp(pop=16, gens=6, operators=TREE_OPERATORS["relative"], seeds=SEEDS + (RIA_TREE,))
+    _, rel = _gp(pop=16, gens=6, operators=OPERATOR_SETS["relative"], seeds=SEEDS + (RIA_TREE,))
     assert {"rsn", "csn"} <= ops(rel)
     assert rel[0][len(SEEDS)] == canonical(RIA_TREE).text == RIA_TREE
+    assert tuple(OPERATOR_SETS) == TREE_OPERATORS  # every --tree-operators choice has its operator set
 
 
 def test_gp_improves_a_fitness_it_can_see():
