@@ -122,7 +122,7 @@ def test_search_writes_its_run_and_the_recipe_replays(build, per_block, tmp_path
 
 
 @pytest.mark.parametrize("build,per_block", ARCHS)
-def test_saved_pruned_model_reloads_with_identical_logits(build, per_block, tmp_path):
+def test_saved_pruned_model_reloads_with_the_same_weights_and_logits(build, per_block, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model, plan = build(), _plan()
@@ -140,8 +140,10 @@ def test_saved_pruned_model_reloads_with_identical_logits(build, per_block, tmp_
     with torch.no_grad():
         want = model(input_ids=tokens, use_cache=False).logits
         got = loaded(input_ids=tokens, use_cache=False).logits
-    # Same weights, same float32 CPU kernels, same attention implementation: bit-identical logits.
-    assert torch.equal(got, want)
+    # Same weights bit for bit (above); the logits to float32 rounding, as the BLAS may take another code path for a
+    # differently aligned buffer or thread split (CI once saw a reloaded structured model differ below the printed
+    # digits).
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     dense = build()
     with torch.no_grad():
         assert not torch.equal(dense(input_ids=tokens, use_cache=False).logits, got)  # the pruning was saved

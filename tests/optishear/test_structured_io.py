@@ -1,6 +1,6 @@
-"""Structurally pruned models saved and reloaded: in a fresh process with identical logits, with plain
-``from_pretrained`` where the config can say the sizes, refused by it where it cannot; files smaller in proportion;
-the CLI; bad input leaves nothing written."""
+"""Structurally pruned models saved and reloaded: in a fresh process with bit-identical weights and the same logits,
+with plain ``from_pretrained`` where the config can say the sizes, refused by it where it cannot; files smaller in
+proportion; the CLI; bad input leaves nothing written."""
 
 import json
 import subprocess
@@ -24,6 +24,7 @@ model, _ = optishear.load_model(sys.argv[1])
 windows = torch.load(sys.argv[2])
 with torch.no_grad():
     torch.save(model(input_ids=windows, use_cache=False).logits, sys.argv[3])
+torch.save(model.state_dict(), sys.argv[4])
 """
 
 
@@ -41,6 +42,21 @@ def _logits(model, windows):
         return model(input_ids=windows, use_cache=False).logits
 
 
+def assert_same_model(got_state, got_logits, model, windows):
+    """The reloaded model has every tensor bit for bit, and its logits agree to float32 rounding.
+
+    Logits are not compared bit for bit: the same matmul on the same values may round differently when the BLAS
+    takes another code path (another thread split or buffer alignment in another process). CI saw that once on the
+    GPT-2 case, logits equal in every printed digit but not in every bit; six runs here did not reproduce it. The
+    weights carry the claim exactly; the logits show the architecture around them is rebuilt the same (a wrong head
+    count or a lost bias moves them far past rounding)."""
+    want = model.state_dict()
+    assert got_state.keys() == want.keys()
+    for name, t in want.items():
+        assert torch.equal(got_state[name], t), name
+    torch.testing.assert_close(got_logits, _logits(model, windows), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("build,importance,layer_rates", [
     (tiny_llama, "flap", "adaptive"),       # per-block sizes, added biases: optishear.load_model only
     (tiny_llama, "wanda-sp", None),         # uniform, no bias: plain from_pretrained as well
@@ -49,7 +65,7 @@ def _logits(model, windows):
     (tiny_gpt2, "wanda-sp", "adaptive"),
     (tiny_qwen2, "flap", "adaptive"),
 ])  # fmt: skip
-def test_save_and_reload_in_a_fresh_process_gives_identical_logits(tmp_path, smollm2_dir, build, importance,
+def test_save_and_reload_in_a_fresh_process_gives_the_same_model(tmp_path, smollm2_dir, build, importance,
                                                                   layer_rates):  # fmt: skip
     from transformers import AutoTokenizer
 
@@ -61,9 +77,9 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_logits(tmp_path, smo
     tok = AutoTokenizer.from_pretrained(smollm2_dir)  # load_model returns a tokenizer too
     out = save_pruned(model, tok, tmp_path / "pruned", make_recipe(plan, res, model))
     torch.save(windows, tmp_path / "w.pt")
-    subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "w.pt"), str(tmp_path / "l.pt")], check=True,
-                   env=_env(), cwd=tmp_path)  # fmt: skip
-    assert torch.equal(torch.load(tmp_path / "l.pt"), _logits(model, windows))
+    subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "w.pt"), str(tmp_path / "l.pt"),
+                    str(tmp_path / "s.pt")], check=True, env=_env(), cwd=tmp_path)  # fmt: skip
+    assert_same_model(torch.load(tmp_path / "s.pt"), torch.load(tmp_path / "l.pt"), model, windows)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optishear_structure"]["layers"] == res.structure["layers"]
     assert json.loads((out / "optishear_recipe.json").read_text())["plan"]["structured"] is True
@@ -72,7 +88,7 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_logits(tmp_path, smo
 
     if res.structure["plain_loadable"]:
         plain = AutoModelForCausalLM.from_pretrained(out).eval()
-        assert torch.equal(_logits(plain, windows), _logits(model, windows))
+        assert_same_model(plain.state_dict(), _logits(plain, windows), model, windows)
     else:  # the config keeps the dense sizes: plain loading stops on the shapes, it never loads random heads
         with pytest.raises(Exception, match="mismatch|size"):
             AutoModelForCausalLM.from_pretrained(out)

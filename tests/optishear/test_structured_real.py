@@ -1,6 +1,6 @@
 """Structured pruning on the real SmolLM2-135M (9 query heads in 3 KV groups, 30 blocks) and real WikiText-2 text:
-the saved model's file shrinks with its parameters and reloads with identical logits; scores with data beat
-magnitude; the LLM operator reads its own prompt."""
+the saved model's file shrinks with its parameters and reloads with identical weights and the same logits; scores with
+data beat magnitude; the LLM operator reads its own prompt."""
 
 import json
 
@@ -38,8 +38,9 @@ def test_real_model_saves_smaller_and_reloads_identically(real, tmp_path):
     assert size / dense_size == pytest.approx(n / n_dense, rel=0.005)
     again, _ = load_model(out)
     ids = windows[:2]
-    with torch.no_grad():
-        assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+    with torch.no_grad():  # to float32 rounding: the BLAS may round differently for differently aligned buffers
+        torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     assert json.loads((out / "config.json").read_text())["optishear_structure"]["family"] == "llama"
 
 
