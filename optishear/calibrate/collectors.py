@@ -56,19 +56,35 @@ class ActNormCollector:
 
 
 class HessianCollector:
-    """Sum of x x^T over tokens, in float64 (SparseGPT's H is ``2 / count * sum``)."""
+    """Sum of x x^T over tokens, in float64 (SparseGPT's H is ``2 / count * sum``).
+
+    The sum is symmetric, so only its upper triangle of tiles is multiplied and the lower one is mirrored at the end:
+    with t tiles a side that is t(t+1)/2 of t^2 products (float64, 4096 tokens on 2 cores: SmolLM2's 1536-wide MLP
+    input 116 ms whole, 82-88 ms in 4 to 6 tiles a side; its 576-wide inputs 18 against 14 ms in 2). Tiles are at
+    least ``TILE`` wide and at most ``MAX_TILES`` a side, so that each product stays a large matmul. The result is
+    exactly symmetric (the upper triangle mirrored)."""
+
+    TILE = 288
+    MAX_TILES = 8
 
     def __init__(self, n: int, device, backend: str | None):
         self.sum = torch.zeros(n, n, dtype=torch.float64, device=device)
         self.count = 0
+        t = min(self.MAX_TILES, max(1, n // self.TILE))
+        self.edges = [n * i // t for i in range(t + 1)]
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        self.sum.addmm_(x.T, x)
+        e = self.edges
+        for i in range(len(e) - 1):
+            xi = x[:, e[i] : e[i + 1]].T
+            for j in range(i, len(e) - 1):
+                self.sum[e[i] : e[i + 1], e[j] : e[j + 1]].addmm_(xi, x[:, e[j] : e[j + 1]])
         self.count += x.shape[0]
 
     def result(self) -> dict:
-        return {"sum": self.sum.cpu(), "count": self.count}
+        upper = torch.triu(self.sum.cpu())
+        return {"sum": upper + torch.triu(upper, diagonal=1).T, "count": self.count}
 
 
 class MomentsCollector:

@@ -20,6 +20,8 @@ little at these sizes, and w^2 / [H^-1]_jj^2 near-ties then do not flip between 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -146,6 +148,42 @@ def obs_prune(w: torch.Tensor, inv: HessianInverse, *, sparsity: float | None = 
     Returns:
         (new weights [out, in] in ``inv.upper``'s dtype, the pruned mask [out, in] bool).
     """
+    args = _checked(w, inv, sparsity, nm, mask, blocksize)
+    with _one_thread():
+        return _obs(*args)
+
+
+def obs_prune_all(tasks: list[dict], threads: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``obs_prune`` of several layers (each task the keyword arguments of one call), yielding ``(task index, new
+    weights, mask)`` as each layer is done, in no fixed order.
+
+    On CPU the layers run side by side on ``threads`` Python threads (default: torch's intra-op thread count), each
+    layer's column loop on one intra-op thread as in ``obs_prune``: the loop's ops release the GIL, so the cores the
+    loop alone leaves idle do other layers (measured: the seven linears of a SmolLM2 block, 0.74 s one after another,
+    0.44 s on two threads). Each layer is computed by one thread exactly as by ``obs_prune``, so every result is the
+    same bit for bit; only the order they come in varies. The largest layers start first. On CUDA, and with one
+    thread, the layers run one after another. All tasks are checked before any runs."""
+    checked = [_checked(**task) for task in tasks]
+    n = torch.get_num_threads() if threads is None else threads
+    with _one_thread():
+        if n <= 1 or len(checked) <= 1 or any(args[0].device.type != "cpu" for args in checked):
+            for i, args in enumerate(checked):
+                yield (i, *_obs(*args))
+            return
+        order = sorted(range(len(checked)), key=lambda i: -checked[i][0].numel())
+        with ThreadPoolExecutor(min(n, len(checked)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(_obs, *checked[i]): i for i in order}
+            try:
+                for future in as_completed(futures):
+                    yield (futures[future], *future.result())
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def _checked(w: torch.Tensor, inv: HessianInverse, sparsity: float | None = None, nm: tuple[int, int] | None = None,
+             mask: torch.Tensor | None = None, blocksize: int = BLOCKSIZE) -> tuple:  # fmt: skip
+    """``obs_prune``'s arguments checked, in ``_obs``'s order."""
     if sum(v is not None for v in (sparsity, nm, mask)) != 1:
         raise ValueError("give exactly one of sparsity, nm or mask")
     rows, cols = w.shape
@@ -159,8 +197,7 @@ def obs_prune(w: torch.Tensor, inv: HessianInverse, *, sparsity: float | None = 
         if mask.shape != w.shape:
             raise ValueError(f"mask is {tuple(mask.shape)} but the weights are {tuple(w.shape)}")
         mask = mask.to(device=w.device, dtype=torch.bool)
-    with _one_thread():
-        return _obs(w, inv, sparsity, nm, mask, blocksize)
+    return w, inv, sparsity, nm, mask, blocksize
 
 
 @contextmanager
@@ -204,5 +241,5 @@ def _obs(w, inv, sparsity, nm, mask, blocksize):
     return W, full_mask
 
 
-__all__ = ["HessianInverse", "hessian_matrix", "inverse_hessian", "cached_inverse", "obs_prune", "BLOCKSIZE",
-           "PERCDAMP"]  # fmt: skip
+__all__ = ["HessianInverse", "hessian_matrix", "inverse_hessian", "cached_inverse", "obs_prune", "obs_prune_all",
+           "BLOCKSIZE", "PERCDAMP"]  # fmt: skip

@@ -1,5 +1,6 @@
 """SparseGPT (Frantar & Alistarh, 2023): choose the mask and update the remaining weights from the layer input's
-Hessian, column by column (``obs.obs_prune``), as IST-DASLab/sparsegpt ``fasterprune`` does.
+Hessian, column by column (``obs.obs_prune``; a block's layers side by side, ``obs.obs_prune_all``), as
+IST-DASLab/sparsegpt ``fasterprune`` does.
 
 ``--metric sparsegpt`` prunes with SparseGPT's own mask; ``--update sparsegpt`` (``SparseGPTUpdate``) applies the
 same update after any other method's mask. Both read the walk's ``hessian`` statistic, one per distinct input (q/k/v
@@ -16,7 +17,7 @@ from optishear_kernels import pack_mask, unpack_mask
 
 from ..calibrate import HESSIAN
 from .base import BlockJob, MaskSink, Method
-from .obs import cached_inverse, obs_prune
+from .obs import cached_inverse, obs_prune_all
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,17 @@ class SparseGPTMethod(Method):
 
     def prune_block(self, job: BlockJob) -> None:
         nm = self.plan.nm
-        for r in job.refs:
+        tasks = []
+        for r in job.refs:  # every inverse first (each factored once, on all threads), then the layers side by side
             job.snapshot.save(r)
-            inv = cached_inverse(job.stat(r, HESSIAN), r.full_name)
-            w = r.weight2d()
-            new, mask = obs_prune(w, inv, sparsity=None if nm is not None else job.sparsity_for(r), nm=nm)
-            _write(r, new)
-            job.masks.add(r.full_name, pack_mask(mask))
+            tasks.append({"w": r.weight2d(), "inv": cached_inverse(job.stat(r, HESSIAN), r.full_name),
+                          "sparsity": None if nm is not None else job.sparsity_for(r), "nm": nm})  # fmt: skip
+        masks = {}
+        for i, new, mask in obs_prune_all(tasks):
+            _write(job.refs[i], new)
+            masks[i] = pack_mask(mask)
+        for i, r in enumerate(job.refs):  # reported in the block's order, whatever order the layers finished in
+            job.masks.add(r.full_name, masks[i])
 
 
 class SparseGPTUpdate(Method):
@@ -91,14 +96,16 @@ class SparseGPTUpdate(Method):
         groups: dict[int, list] = {}
         for r in job.refs:
             groups.setdefault(id(job.stat(r, HESSIAN)), []).append(r)
-        for refs in groups.values():
-            inv = cached_inverse(job.stat(refs[0], HESSIAN), refs[0].full_name)
+        groups = list(groups.values())
+        tasks = []
+        for refs in groups:
             w = torch.cat([dense[r.name] for r in refs])
             cols = w.shape[1]
             mask = torch.cat([unpack_mask(sink.masks[r.full_name], cols).to(w.device) for r in refs])
-            new, _ = obs_prune(w, inv, mask=mask)
+            tasks.append({"w": w, "inv": cached_inverse(job.stat(refs[0], HESSIAN), refs[0].full_name), "mask": mask})
+        for i, new, _ in obs_prune_all(tasks):
             start = 0
-            for r in refs:
+            for r in groups[i]:
                 rows = dense[r.name].shape[0]
                 _write(r, new[start : start + rows])
                 start += rows

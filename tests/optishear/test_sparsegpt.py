@@ -16,7 +16,7 @@ import torch
 from optishear import Plan, prune
 from optishear.calibrate import HESSIAN
 from optishear.methods import SparseGPTUpdate, method_for
-from optishear.methods.obs import inverse_hessian, obs_prune
+from optishear.methods.obs import inverse_hessian, obs_prune, obs_prune_all
 from optishear.models import model_linears
 from tests.conftest import random_windows, tiny_gpt2, tiny_llama
 
@@ -80,6 +80,38 @@ def test_obs_prune_equals_plain_reference(case):
     torch.testing.assert_close(ours[0], ref[0], rtol=0, atol=1e-10)
     if case == "unstructured":  # the reference's <= threshold: int(n * s) + ties per 128-column block
         assert int(ours[1][:, :128].sum()) == int(rows * 128 * 0.5) + 1
+
+
+def test_layers_side_by_side_equal_one_after_another_bit_for_bit():
+    """``obs_prune_all`` on two threads gives each layer exactly ``obs_prune``'s result (every mode, two inputs of
+    different widths), yields every task once, leaves torch's thread count as it was, and checks every task before
+    running any."""
+    g = torch.Generator().manual_seed(4)
+    invs = {}
+    for cols in (256, 384):
+        X = torch.randn(600, cols, generator=g, dtype=torch.float64)
+        X *= torch.rand(cols, generator=g, dtype=torch.float64)
+        invs[cols] = inverse_hessian(_hessian(X)[1])
+    tasks = []
+    for rows, cols, mode in [(40, 256, "sparsity"), (96, 384, "nm"), (17, 256, "mask"), (64, 384, "sparsity"),
+                             (33, 384, "mask")]:  # fmt: skip
+        task = {"w": torch.randn(rows, cols, generator=g), "inv": invs[cols]}
+        task.update({"sparsity": {"sparsity": 0.6}, "nm": {"nm": (2, 4)},
+                     "mask": {"mask": torch.rand(rows, cols, generator=g) < 0.5}}[mode])  # fmt: skip
+        tasks.append(task)
+    threads = torch.get_num_threads()
+    got = {i: (new, mask) for i, new, mask in obs_prune_all(tasks, threads=2)}
+    assert torch.get_num_threads() == threads
+    assert sorted(got) == list(range(len(tasks)))
+    for i, task in enumerate(tasks):
+        want = obs_prune(**task)
+        assert torch.equal(got[i][0], want[0]) and torch.equal(got[i][1], want[1]), i
+    bad = [*tasks[:2], {"w": torch.randn(8, 100), "inv": invs[256], "sparsity": 0.5}]
+    ran = []
+    with pytest.raises(ValueError, match="inverse Hessian is \\(256, 256\\) but the weights have 100 inputs"):
+        for i, *_ in obs_prune_all(bad, threads=2):
+            ran.append(i)
+    assert ran == []
 
 
 def test_update_lowers_the_layer_error_for_any_mask():
