@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The searched-policy rows of issue 12 on SmolLM2-135M (resumable: each search resumes from its trials.jsonl).
-#   bash scripts/issue12_search_runs.sh [POP GENS]
+#   bash scripts/issue12_search_runs.sh [POP GENS [TAG]]
+# TAG is appended to every run's name (the README's 10 x 6 runs: `bash scripts/issue12_search_runs.sh 10 6 -10x6`), so
+# that a search of another size starts its own directory instead of resuming one with another plan.
 # Each search: statistics 32 x 512 from wiki.valid.raw (seed 0), dense statistics, KL on 4 x 256 prompts, candidates
 # scored with the SparseGPT update on; then the chosen plan is applied with the standard protocol (sequential
 # statistics) and evaluated on the first 40 windows of 512 tokens of wiki.test.raw (runs12/search.jsonl).
@@ -8,12 +10,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 POP=${1:-10}
 GENS=${2:-4}
+TAG=${3:-}
 D=../shared/data/wikitext-2-raw
 S="--calib $D/wiki.valid.raw --nsamples 32 --seqlen 512 --seed 0 --update sparsegpt --pop-size $POP --generations $GENS --validate-top 2 --quiet --json"
 E="--stats sequential --eval-ppl $D/wiki.test.raw --eval-seqlen 512 --eval-windows 40 --quiet --json"
 mkdir -p runs12
 one() {  # name, search flags...
-  name=$1; shift
+  name=$1$TAG; shift
   out=runs12/search-$name
   resume=""; [ -f $out/trials.jsonl ] && resume="--resume"
   /usr/bin/time -f "%e" -o $out.time nice -n 10 python -m optishear search "$@" $S --out $out $resume > $out.log 2>&1 || { echo "search $name failed"; return; }
