@@ -93,10 +93,10 @@ class SparseGPTUpdate(Method):
             dense[r.name] = r.weight2d().detach().clone()
         sink = MaskSink(keep=True)
         self.inner.prune_block(replace(job, masks=sink))
-        groups: dict[int, list] = {}
+        by_input: dict[int, list] = {}
         for r in job.refs:
-            groups.setdefault(id(job.stat(r, HESSIAN)), []).append(r)
-        groups = list(groups.values())
+            by_input.setdefault(id(job.stat(r, HESSIAN)), []).append(r)
+        groups = list(by_input.values())
         tasks = []
         for refs in groups:
             w = torch.cat([dense[r.name] for r in refs])
