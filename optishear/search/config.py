@@ -82,6 +82,9 @@ class SearchConfig:
             adaptive one (``layer_rates="adaptive"``: FLAP's ranking of every head and channel across blocks by
             standardized scores, from the dense statistics), rounded to the grid; its variants start from either.
             Off: every first-population member starts from the uniform allocation (the searches before this option).
+        search_seed: the optimizer's seed (its first population, its variation, the LLM operators' sampling). None:
+            the plan's ``seed``, which also draws the statistics, objective and held-out windows; set it to rerun the
+            same objective (same windows) with another optimizer trajectory.
     """
 
     plan: Plan = field(default_factory=search_plan_defaults, metadata={"nested": Plan})
@@ -115,6 +118,13 @@ class SearchConfig:
     mlp_steps: int = opt(16, type=int, help="structured: MLP levels per block (steps of 1/mlp_steps of the channels)")
     seed_adaptive: bool = opt(True, kind="bool", help="structured: the first population holds the importance's "
                               "adaptive allocation (FLAP's) beside the uniform one")  # fmt: skip
+    search_seed: int | None = opt(None, type=int, help="the optimizer's seed (default: --seed, which also draws the "
+                                  "windows): another search trajectory on the same objective")  # fmt: skip
+
+    @property
+    def optimizer_seed(self) -> int:
+        """The seed of the optimizer: ``search_seed``, else the plan's."""
+        return self.plan.seed if self.search_seed is None else self.search_seed
 
     def validate(self) -> None:
         if not isinstance(self.plan, Plan):
@@ -129,6 +139,8 @@ class SearchConfig:
                              "(plan.structured=True; the CLI sets it), and a structured plan needs --space structured")
         if self.operators not in OPERATORS:
             raise ValueError(f"operators must be one of {OPERATORS}, got {self.operators!r}")
+        if self.search_seed is not None:
+            _nonneg_int(self.search_seed, "search_seed")
         if self.tree_operators not in TREE_OPERATORS:
             raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
         if self.space == "structured":

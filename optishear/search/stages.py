@@ -33,7 +33,7 @@ def vector_stage(cfg: SearchConfig, runner, name: str, search_metric: bool, sear
         space = VectorSpace(name, cfg, _block_sizes(runner), search_metric, search_blocks, fixed)
         opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
                              mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
-                             seed=cfg.plan.seed)  # fmt: skip
+                             seed=cfg.optimizer_seed)  # fmt: skip
         return space, opt
 
     return build
@@ -48,7 +48,7 @@ def module_stage(cfg: SearchConfig, runner, name: str, search_metric: bool) -> S
         space = ModuleSpace(name, cfg, kind_sizes(runner.linears), search_metric, fixed)
         opt = PymooOptimizer(space, algorithm=cfg.algorithm, pop_size=cfg.pop_size, generations=cfg.generations,
                              mutation_eta=cfg.mutation_eta, eliminate_duplicates=cfg.eliminate_duplicates,
-                             seed=cfg.plan.seed)  # fmt: skip
+                             seed=cfg.optimizer_seed)  # fmt: skip
         return space, opt
 
     return build
@@ -71,11 +71,11 @@ def structured_stage(cfg: SearchConfig, runner) -> StageBuilder:
             from .llm_operators import LLMOperators, load_chat_model
 
             chat = load_chat_model(cfg.operator_model, temperature=cfg.operator_temperature)
-            ops = LLMOperators(space, chat, seed=cfg.plan.seed, rate=cfg.plan.rate)
+            ops = LLMOperators(space, chat, seed=cfg.optimizer_seed, rate=cfg.plan.rate)
         else:
             ops = PlainOperators(space)
         return space, EvolutionOptimizer(space, ops, pop_size=cfg.pop_size, generations=cfg.generations,
-                                         seed=cfg.plan.seed)  # fmt: skip
+                                         seed=cfg.optimizer_seed)  # fmt: skip
 
     return build
 

@@ -215,7 +215,7 @@ def symbolic_stage(cfg: SearchConfig, runner):
     def build(prev):
         space = SymbolicSpace("symbolic", cfg, len(runner.linears))
         relative = cfg.tree_operators == "relative"
-        return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.plan.seed,
+        return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                                   max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
                                   seeds=SEEDS + (RIA_TREE,) if relative else SEEDS)  # fmt: skip
 

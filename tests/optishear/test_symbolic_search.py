@@ -171,6 +171,31 @@ def test_overflowing_trees_are_infeasible_not_fatal(tmp_path, monkeypatch):
     assert res.failed >= 1 and res.metric != "expr:" + bad
 
 
+def test_search_seed_moves_the_optimizer_not_the_objective(tmp_path):
+    """``search_seed`` seeds the GP alone: unset it is the plan's seed (same trials as before the option), another
+    value gives another trajectory over the same windows, and a resume with another search seed is refused."""
+
+    def trials(name, **kw):
+        _run(tmp_path, name, _cfg(generations=2, **kw))
+        rows = [json.loads(line) for line in (tmp_path / name / "trials.jsonl").read_text().splitlines()]
+        return [(r["metric"], r["objective"]) for r in rows], json.loads((tmp_path / name / "manifest.json").read_text())
+
+    plain, m_plain = trials("plain")
+    same, m_same = trials("same", search_seed=0)
+    other, m_other = trials("other", search_seed=1)
+    assert same == plain
+    assert [m for m, _ in other] != [m for m, _ in plain]
+    assert m_other["data"] == m_plain["data"] and m_other["config"]["plan"] == m_plain["config"]["plan"]
+    assert m_other["config"]["search_seed"] == 1 and m_plain["config"]["search_seed"] is None
+    # one tree scored in both runs has the same objective: the objective did not move
+    shared = dict(plain).keys() & dict(other).keys()
+    assert shared and all(dict(plain)[k] == dict(other)[k] for k in shared)
+    with pytest.raises(ValueError, match="search_seed"):
+        _run(tmp_path, "other", _cfg(generations=2, search_seed=2), resume=True)
+    with pytest.raises(ValueError, match="search_seed"):
+        _cfg(search_seed=-1).validate()
+
+
 def test_symbolic_config_checks():
     with pytest.raises(ValueError, match="tradeoff"):
         _cfg(tradeoff=True).validate()
