@@ -5,6 +5,7 @@ objective: the ground truth that the metric search and its proxy are measured ag
     python bench/exhaustive_metric.py ppl --table bench/exhaustive_metric_50.jsonl --top 20
     python bench/exhaustive_metric.py simulate --table bench/exhaustive_metric_50.jsonl --seeds 0 1 2 3 4
     python bench/exhaustive_metric.py report --table bench/exhaustive_metric_50.jsonl
+    python bench/exhaustive_metric.py compare --table bench/exhaustive_metric_50.jsonl --runs RUN [RUN ..] --at 54
 
 ``table``: one trial per class through the search's ``TrialRunner`` (the same windows as ``optishear search`` with
 its defaults: statistics 32 x 512 from wiki.valid.raw seed 0, dense statistics, KL on 4 x 256 prompts drawn apart),
@@ -15,6 +16,10 @@ one JSON line per class as it finishes (resumable: classes already in the file a
 defaults: population 20, 15 generations, eta 5) answered from the table instead of pruning: the objective of a
 class is deterministic, so this is the search's trajectory without its cost. For each optimizer seed: the number of
 distinct classes evaluated until the exhaustive optimum first appears (``<table>.sim.jsonl``).
+``compare``: the best objective after ``--at`` distinct evaluations, the simulated metric searches (each optimizer
+seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``), seed by seed and
+the median; the question of Pruner-Zero's goal "no worse than the meta-metric search at the same number of
+distinct evaluations" (``<table>.compare.json``).
 ``report``: rank of Wanda, the optimum, the search's results and the Spearman correlation between objective and
 perplexity over the top classes (``<table>.report.json``).
 """
@@ -132,6 +137,7 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
     space = VectorSpace("metric", cfg, [1], True, False, "wanda")
     opt = PymooOptimizer(space, pop_size=pop_size, generations=generations, mutation_eta=eta, seed=seed)
     order: list[tuple] = []
+    curve: list[float] = []  # the best objective after each distinct evaluation
     trials = 0
     found_at = None
     while opt.has_next():
@@ -142,6 +148,7 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
             trials += 1
             if c not in order:
                 order.append(c)
+                curve.append(min(by_class[c], curve[-1] if curve else by_class[c]))
                 if found_at is None and by_class[c] == best:
                     found_at = {"distinct": len(order), "trials": trials}
             F[j, 0] = by_class[c]
@@ -149,17 +156,59 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
     best_found = min(by_class[c] for c in order)
     rank = sorted(by_class.values()).index(best_found) + 1
     return {"seed": seed, "distinct": len(order), "trials": trials, "found_optimum": found_at,
-            "best_found": best_found, "best_found_rank": rank, "optimum": best}  # fmt: skip
+            "best_found": best_found, "best_found_rank": rank, "optimum": best, "curve": curve}  # fmt: skip
 
 
 def cmd_simulate(args) -> None:
     table = _read(Path(args.table))
     out = Path(str(args.table) + ".sim.jsonl")
-    for s in args.seeds:
+    setting = (args.pop_size, args.generations, args.eta)
+    kept = [r for r in _read(out) if (r["pop_size"], r["generations"], r["eta"]) != setting or r["seed"] not in args.seeds]
+    for s in args.seeds:  # a seed simulated again replaces its line (the simulation is deterministic)
         r = simulate(table, s, args.pop_size, args.generations, args.eta)
         r.update(pop_size=args.pop_size, generations=args.generations, eta=args.eta)
-        _append(out, r)
-        print(json.dumps(r), file=sys.stderr)
+        kept.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "curve"}), file=sys.stderr)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(out)
+
+
+def run_curve(run_dir: Path) -> list[float]:
+    """A search run's best objective after each distinct evaluation (a new mask digest, in the order of its trial
+    log), failed trials not counting."""
+    seen: set[str] = set()
+    curve: list[float] = []
+    for r in _read(Path(run_dir) / "trials.jsonl"):
+        if r.get("evaluated") and r["status"] == "ok" and r["mask_hash"] not in seen:
+            seen.add(r["mask_hash"])
+            curve.append(min(r["objective"], curve[-1] if curve else r["objective"]))
+    return curve
+
+
+def best_at(curve: list[float], k: int) -> float | None:
+    """The best after ``k`` distinct evaluations; None when the run made fewer."""
+    return curve[k - 1] if len(curve) >= k else None
+
+
+def cmd_compare(args) -> None:
+    sims = [s for s in _read(Path(str(args.table) + ".sim.jsonl"))
+            if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s]  # fmt: skip
+    rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
+            for s in sims]  # fmt: skip
+    rows += [{"name": str(r), "kind": "run", "curve": run_curve(Path(r))} for r in args.runs]
+    out: dict = {"at": args.at, "setting": f"pop {args.pop_size} x {args.generations}", "rows": []}
+    for r in rows:
+        out["rows"].append({"name": r["name"], "kind": r["kind"], "distinct": len(r["curve"]),
+                            **{str(k): best_at(r["curve"], k) for k in args.at}})  # fmt: skip
+    for kind in ("metric", "run"):
+        for k in args.at:
+            vals = [best_at(r["curve"], k) for r in rows if r["kind"] == kind]
+            vals = [v for v in vals if v is not None]
+            out[f"median_{kind}_{k}"] = float(np.median(vals)) if vals else None
+            out[f"n_{kind}_{k}"] = len(vals)
+    Path(str(args.table) + ".compare.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
 
 
 def spearman(a, b) -> float:
@@ -226,12 +275,19 @@ def main(argv=None) -> None:
     r = sub.add_parser("report")
     r.add_argument("--table", required=True)
     r.add_argument("--top", type=int, default=20)
+    c = sub.add_parser("compare")
+    c.add_argument("--table", required=True)
+    c.add_argument("--runs", nargs="*", default=[])
+    c.add_argument("--at", type=int, nargs="+", default=[54])
+    c.add_argument("--pop-size", type=int, default=20)
+    c.add_argument("--generations", type=int, default=15)
     for q in (t, p):
         q.add_argument("--sparsity", type=float, default=0.5)
         q.add_argument("--structure", default="unstructured")
         q.add_argument("--update", default="none", choices=("none", "sparsegpt"))
     args = ap.parse_args(argv)
-    {"table": cmd_table, "ppl": cmd_ppl, "simulate": cmd_simulate, "report": cmd_report}[args.cmd](args)
+    {"table": cmd_table, "ppl": cmd_ppl, "simulate": cmd_simulate, "report": cmd_report,
+     "compare": cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from bench.exhaustive_metric import classes, median_found, simulate, spearman
+import json
+
+from bench.exhaustive_metric import best_at, classes, median_found, run_curve, simulate, spearman
 
 
 def _table(seed=0):
@@ -24,6 +26,21 @@ def test_simulation_counts_distinct_classes_and_finds_the_optimum_on_an_easy_lan
     assert out["found_optimum"] is not None and out["found_optimum"]["distinct"] <= out["distinct"]
     assert out["best_found_rank"] == 1
     assert simulate(table, seed=0, pop_size=20, generations=15) == out  # same seed, same trajectory
+    curve = out["curve"]  # best after each distinct class: non-increasing, ends at the best found
+    assert len(curve) == out["distinct"] and curve[-1] == out["best_found"]
+    assert all(b <= a for a, b in zip(curve, curve[1:]))
+    longer = simulate(table, seed=0, pop_size=20, generations=30)  # the same trajectory, run on
+    assert longer["curve"][: len(curve)] == curve
+
+
+def test_a_runs_curve_counts_new_masks_only_and_best_at_needs_enough_of_them(tmp_path):
+    rows = [("a", 0.9, True, "ok"), ("b", 0.8, True, "ok"), ("a", 0.8, False, "ok"), ("c", None, True, "failed"),
+            ("d", 0.85, True, "ok"), ("b", 0.7, True, "ok")]  # fmt: skip
+    (tmp_path / "trials.jsonl").write_text("".join(
+        json.dumps({"mask_hash": h, "objective": o, "evaluated": e, "status": s}) + "\n" for h, o, e, s in rows))
+    curve = run_curve(tmp_path)
+    assert curve == [0.9, 0.8, 0.8]
+    assert best_at(curve, 2) == 0.8 and best_at(curve, 4) is None
 
 
 def test_spearman():
