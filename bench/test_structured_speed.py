@@ -63,13 +63,27 @@ def _build(provider: str):
     return model
 
 
+class _Models:
+    """The dense model, kept for the run, and the last pruned one: a pruned model is built when a case first asks
+    for it and freed when another is asked for, so the run's memory (and the cache the timings share) holds at most
+    two models, not every provider's."""
+
+    def __init__(self):
+        self.dense = _build("dense")
+        self.name, self.model = "dense", self.dense
+
+    def __getitem__(self, provider: str):
+        if provider == "dense":
+            return self.dense
+        if provider != self.name:
+            self.name, self.model = None, None  # the previous one goes before the next is built
+            self.model, self.name = _build(provider), provider
+        return self.model
+
+
 @pytest.fixture(scope="module")
 def models():
-    dense = _build("dense")
-    built = {"dense": dense}
-    for p in _providers()[1:]:
-        built[p] = _build(p)
-    return built
+    return _Models()
 
 
 def _prefill(model, ids):
