@@ -24,6 +24,11 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "optishear-search-manifest/1"
 # Configuration fields that cannot change any trial's result: a resume may change them.
 RESUMABLE_CHANGES = ("max_failures",)
+# Spaces searched in one stage: every optimizer's first g generations do not depend on how many follow (pymoo's
+# n_gen termination, the GP's and the evolution's generation count), so a resume may raise ``generations`` and the
+# longer run replays the shorter one's trials first. A two-stage space cannot: its second stage starts from the
+# first stage's end, which a longer first stage moves.
+EXTENDABLE_SPACES = ("metric", "blocks", "joint", "modules", "metric-modules", "symbolic", "structured")
 
 
 def build_manifest(model, tokenizer, config, windows: dict[str, WindowSet], *, executor: dict | None = None) -> dict:
@@ -56,6 +61,16 @@ def manifest_differences(old: dict, new: dict) -> list[str]:
         _diff(old.get(section), new.get(section), section, out)
     oc = {k: v for k, v in (old.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
     nc = {k: v for k, v in (new.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
+    og, ng = oc.get("generations"), nc.get("generations")
+    if isinstance(og, int) and isinstance(ng, int) and ng != og:
+        if ng > og and nc.get("space") in EXTENDABLE_SPACES:
+            nc = {**nc, "generations": og}  # an extension: the run's trials are the longer run's first ones
+        else:
+            why = ("a resume may add generations, not remove them" if ng < og else
+                   f"the two-stage space {nc.get('space')!r} cannot be extended: its second stage starts from the "
+                   "first stage's end")  # fmt: skip
+            out.append(f"config.generations: {og} -> {ng} ({why})")
+            nc = {**nc, "generations": og}
     _diff(oc, nc, "config", out)
     return out
 
@@ -103,8 +118,8 @@ def check_or_write(out: Path, manifest: dict, resume: bool, has_trials: bool) ->
     _diff(old.get("versions"), manifest.get("versions"), "versions", vdiff)
     if vdiff:
         logger.warning("resuming with other library versions than the run started with: %s", "; ".join(vdiff))
-    if old.get("config") != manifest.get("config"):
-        write_json_atomic(path, {**old, "config": manifest["config"]})  # a resumable change (max_failures)
+    if old.get("config") != manifest.get("config"):  # a resumable change (max_failures, more generations)
+        write_json_atomic(path, {**old, "config": manifest["config"]})
 
 
 def record_executor(out: Path, described: dict) -> None:

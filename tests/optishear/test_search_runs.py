@@ -92,6 +92,43 @@ def test_resume_is_refused_on_another_model_edited_text_or_other_plan(tmp_path):
     assert "data.windows" in str(err.value)  # the windows drawn from it changed too, and are named
 
 
+@pytest.mark.parametrize("space", ["metric", "symbolic"])
+def test_a_resume_with_more_generations_extends_the_run_to_the_longer_runs_result(tmp_path, space):
+    """A run of 2 generations resumed with 4 gives the 4-generation run: its trials first, then the rest, and the
+    same choice; the short run's trials are not run again."""
+    kw = dict(windows=random_windows(4, 32), progress=False)
+    cfg = lambda g: _cfg(space=space, pop_size=6, generations=g, validate_top=0, objective_windows=0)  # noqa: E731
+    short = search(tiny_llama(layers=3), None, cfg(2), tmp_path / "run", **kw)
+    n_short = len((tmp_path / "run" / "trials.jsonl").read_text().splitlines())
+    longer = search(tiny_llama(layers=3), None, cfg(4), tmp_path / "run", resume=True, **kw)
+    whole = search(tiny_llama(layers=3), None, cfg(4), tmp_path / "whole", **kw)
+
+    def log(name):
+        return [(t["key"], t["objective"]) for t in map(json.loads, (tmp_path / name / "trials.jsonl").open())]
+
+    assert log("run") == log("whole") and len(log("run")) > n_short  # each trial once, in the same order
+    assert (longer.metric, longer.objective, longer.trials, longer.distinct) == (
+        whole.metric, whole.objective, whole.trials, whole.distinct)  # fmt: skip
+    assert short.trials == 12 and longer.trials == 24
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["generations"] == 4
+    with pytest.raises(ValueError, match=r"config\.generations: 4 -> 3 \(a resume may add generations"):
+        search(tiny_llama(layers=3), None, cfg(3), tmp_path / "run", resume=True, **kw)
+
+
+def test_a_two_stage_search_cannot_be_extended(tmp_path):
+    from optishear.search.config import SPACES
+    from optishear.search.manifest import EXTENDABLE_SPACES
+    from optishear.search.stages import STAGES
+
+    assert {s for s in SPACES if len(STAGES[s](_cfg(space=s), None)) == 1} == set(EXTENDABLE_SPACES)
+    kw = dict(windows=random_windows(4, 32), progress=False)
+    cfg = lambda g: _cfg(space="metric-then-blocks", pop_size=6, generations=g, validate_top=0,  # noqa: E731
+                         objective_windows=0)  # fmt: skip
+    search(tiny_llama(layers=3), None, cfg(1), tmp_path / "run", **kw)
+    with pytest.raises(ValueError, match="two-stage space 'metric-then-blocks' cannot be extended"):
+        search(tiny_llama(layers=3), None, cfg(2), tmp_path / "run", resume=True, **kw)
+
+
 def _fail_evaluations(monkeypatch, which):
     """Make the objective raise, as a non-finite error would, on the evaluations numbered ``which`` (1-based)."""
     import optishear.search.runner as runner_mod
