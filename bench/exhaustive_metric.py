@@ -200,7 +200,7 @@ def cmd_compare(args) -> None:
     out: dict = {"at": args.at, "setting": f"pop {args.pop_size} x {args.generations}", "rows": []}
     for r in rows:
         out["rows"].append({"name": r["name"], "kind": r["kind"], "distinct": len(r["curve"]),
-                            **{str(k): best_at(r["curve"], k) for k in args.at}})  # fmt: skip
+                            **{str(k): best_at(r["curve"], k) for k in args.at}, "curve": r["curve"]})  # fmt: skip
     for kind in ("metric", "run"):
         for k in args.at:
             vals = [best_at(r["curve"], k) for r in rows if r["kind"] == kind]
