@@ -163,7 +163,8 @@ def cmd_simulate(args) -> None:
     table = _read(Path(args.table))
     out = Path(str(args.table) + ".sim.jsonl")
     setting = (args.pop_size, args.generations, args.eta)
-    kept = [r for r in _read(out) if (r["pop_size"], r["generations"], r["eta"]) != setting or r["seed"] not in args.seeds]
+    kept = [r for r in _read(out)
+            if (r["pop_size"], r["generations"], r["eta"]) != setting or r["seed"] not in args.seeds]
     for s in args.seeds:  # a seed simulated again replaces its line (the simulation is deterministic)
         r = simulate(table, s, args.pop_size, args.generations, args.eta)
         r.update(pop_size=args.pop_size, generations=args.generations, eta=args.eta)

@@ -178,7 +178,8 @@ def test_search_seed_moves_the_optimizer_not_the_objective(tmp_path):
     def trials(name, **kw):
         _run(tmp_path, name, _cfg(generations=2, **kw))
         rows = [json.loads(line) for line in (tmp_path / name / "trials.jsonl").read_text().splitlines()]
-        return [(r["metric"], r["objective"]) for r in rows], json.loads((tmp_path / name / "manifest.json").read_text())
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        return [(r["metric"], r["objective"]) for r in rows], manifest
 
     plain, m_plain = trials("plain")
     same, m_same = trials("same", search_seed=0)
