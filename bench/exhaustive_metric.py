@@ -33,21 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from optishear.search.trials import append_jsonl, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
-
-
-def _read(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append(path: Path, obj: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
 
 
 def classes() -> list[tuple[int, int, int, int]]:
@@ -80,7 +69,7 @@ def cmd_table(args) -> None:
     from optishear_kernels import MetricConfig
 
     out = Path(args.out)
-    done = {tuple(r["class"]) for r in _read(out)}
+    done = {tuple(r["class"]) for r in read_jsonl(out)}
     todo = [c for c in classes() if c not in done]
     if args.limit:
         todo = todo[: args.limit]
@@ -90,7 +79,7 @@ def cmd_table(args) -> None:
     for i, c in enumerate(todo):
         spec = MetricConfig(*c).spec
         rec = runner.run(runner.plan_for({"metric": spec}), known)
-        _append(out, {"class": list(c), "metric": spec, "objective": rec["objective"], "sparsity": rec["sparsity"],
+        append_jsonl(out, {"class": list(c), "metric": spec, "objective": rec["objective"], "sparsity": rec["sparsity"],
                       "mask_hash": rec["mask_hash"], "evaluated": rec["evaluated"], "seconds": round(rec["seconds"], 3),
                       "status": rec["status"], "error": rec["error"], "sparsity_target": args.sparsity,
                       "structure": args.structure, "update": args.update})  # fmt: skip
@@ -102,11 +91,11 @@ def cmd_ppl(args) -> None:
     from optishear.data import eval_tokens
     from optishear.objectives import perplexity
 
-    table = [r for r in _read(Path(args.table)) if r["status"] == "ok"]
+    table = [r for r in read_jsonl(Path(args.table)) if r["status"] == "ok"]
     first = table[0]
     args.sparsity, args.structure, args.update = first["sparsity_target"], first["structure"], first["update"]
     out = Path(str(args.table) + ".ppl.jsonl")
-    done = {r["metric"] for r in _read(out)}
+    done = {r["metric"] for r in read_jsonl(out)}
     top = sorted(table, key=lambda r: (r["objective"], r["metric"]))[: args.top]
     wanda = next(r for r in table if r["metric"] == "w:none*none,x:none*none")
     if wanda not in top:
@@ -118,7 +107,7 @@ def cmd_ppl(args) -> None:
             continue
         runner.apply(runner.plan_for({"metric": r["metric"]}))
         ppl, n = perplexity(runner.model, tokens, 512, 40, progress=False)
-        _append(out, {"metric": r["metric"], "objective": r["objective"], "ppl": ppl, "windows": n})
+        append_jsonl(out, {"metric": r["metric"], "objective": r["objective"], "ppl": ppl, "windows": n})
         print(f"{r['metric']}: objective {r['objective']:.6f} ppl {ppl:.3f}", file=sys.stderr)
     runner.close()
 
@@ -160,10 +149,10 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
 
 
 def cmd_simulate(args) -> None:
-    table = _read(Path(args.table))
+    table = read_jsonl(Path(args.table))
     out = Path(str(args.table) + ".sim.jsonl")
     setting = (args.pop_size, args.generations, args.eta)
-    kept = [r for r in _read(out)
+    kept = [r for r in read_jsonl(out)
             if (r["pop_size"], r["generations"], r["eta"]) != setting or r["seed"] not in args.seeds]
     for s in args.seeds:  # a seed simulated again replaces its line (the simulation is deterministic)
         r = simulate(table, s, args.pop_size, args.generations, args.eta)
@@ -180,7 +169,7 @@ def run_curve(run_dir: Path) -> list[float]:
     log), failed trials not counting."""
     seen: set[str] = set()
     curve: list[float] = []
-    for r in _read(Path(run_dir) / "trials.jsonl"):
+    for r in read_jsonl(Path(run_dir) / "trials.jsonl"):
         if r.get("evaluated") and r["status"] == "ok" and r["mask_hash"] not in seen:
             seen.add(r["mask_hash"])
             curve.append(min(r["objective"], curve[-1] if curve else r["objective"]))
@@ -193,7 +182,7 @@ def best_at(curve: list[float], k: int) -> float | None:
 
 
 def cmd_compare(args) -> None:
-    sims = [s for s in _read(Path(str(args.table) + ".sim.jsonl"))
+    sims = [s for s in read_jsonl(Path(str(args.table) + ".sim.jsonl"))
             if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s]  # fmt: skip
     rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
             for s in sims]  # fmt: skip
@@ -227,7 +216,7 @@ def median_found(found: list) -> float | None:
 
 
 def cmd_report(args) -> None:
-    table = [r for r in _read(Path(args.table)) if r["status"] == "ok"]
+    table = [r for r in read_jsonl(Path(args.table)) if r["status"] == "ok"]
     table.sort(key=lambda r: (r["objective"], r["metric"]))
     rep: dict = {"classes": len(table), "distinct_masks": len({r["mask_hash"] for r in table})}
     names = [r["metric"] for r in table]
@@ -235,7 +224,7 @@ def cmd_report(args) -> None:
     wanda = names.index("w:none*none,x:none*none")
     rep["wanda"] = {"rank": wanda + 1, "objective": table[wanda]["objective"]}
     rep["top10"] = [{k: r[k] for k in ("metric", "objective")} for r in table[:10]]
-    ppl = _read(Path(str(args.table) + ".ppl.jsonl"))
+    ppl = read_jsonl(Path(str(args.table) + ".ppl.jsonl"))
     if ppl:
         ppl = sorted(ppl, key=lambda r: (r["objective"], r["metric"]))[: args.top]
         rep["top_ppl"] = [{k: r[k] for k in ("metric", "objective", "ppl")} for r in ppl]
@@ -243,7 +232,7 @@ def cmd_report(args) -> None:
             rep["spearman_objective_vs_ppl"] = spearman([r["objective"] for r in ppl], [r["ppl"] for r in ppl])
             rep["spearman_n"] = len(ppl)
     groups: dict[str, list[dict]] = {}
-    for s in _read(Path(str(args.table) + ".sim.jsonl")):  # one entry per optimizer setting, its seeds together
+    for s in read_jsonl(Path(str(args.table) + ".sim.jsonl")):  # one entry per optimizer setting, its seeds together
         groups.setdefault(f"pop {s['pop_size']} x {s['generations']} generations, eta {s['eta']:g}", []).append(s)
     rep["search"] = {}
     for name, sims in groups.items():

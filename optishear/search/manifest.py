@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data import WindowSet, source_digest
 from ..models import model_identity, tokenizer_identity
 from ..recipe import versions, write_json_atomic
+from .stages import stage_count
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,14 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "optishear-search-manifest/1"
 # Configuration fields that cannot change any trial's result: a resume may change them.
 RESUMABLE_CHANGES = ("max_failures",)
-# Spaces searched in one stage: every optimizer's first g generations do not depend on how many follow (pymoo's
-# n_gen termination, the GP's and the evolution's generation count), so a resume may raise ``generations`` and the
-# longer run replays the shorter one's trials first. A two-stage space cannot: its second stage starts from the
-# first stage's end, which a longer first stage moves.
-EXTENDABLE_SPACES = ("metric", "blocks", "joint", "modules", "metric-modules", "symbolic", "structured")
+
+
+def extendable(space: str) -> bool:
+    """Whether a resume may raise ``generations``: yes for a one-stage space, as no optimizer's first g generations
+    depend on how many follow (pymoo's n_gen termination, the GP's and the evolution's generation count), so the
+    longer run replays the shorter one's trials first; no for a two-stage space, whose second stage starts from the
+    first stage's end, which a longer first stage moves."""
+    return stage_count(space) == 1
 
 
 def build_manifest(model, tokenizer, config, windows: dict[str, WindowSet], *, executor: dict | None = None) -> dict:
@@ -63,14 +67,12 @@ def manifest_differences(old: dict, new: dict) -> list[str]:
     nc = {k: v for k, v in (new.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
     og, ng = oc.get("generations"), nc.get("generations")
     if isinstance(og, int) and isinstance(ng, int) and ng != og:
-        if ng > og and nc.get("space") in EXTENDABLE_SPACES:
-            nc = {**nc, "generations": og}  # an extension: the run's trials are the longer run's first ones
-        else:
+        if ng < og or not extendable(nc.get("space")):  # else an extension: the run's trials come first in the longer
             why = ("a resume may add generations, not remove them" if ng < og else
                    f"the two-stage space {nc.get('space')!r} cannot be extended: its second stage starts from the "
                    "first stage's end")  # fmt: skip
             out.append(f"config.generations: {og} -> {ng} ({why})")
-            nc = {**nc, "generations": og}
+        nc = {**nc, "generations": og}  # compared once, above
     _diff(oc, nc, "config", out)
     return out
 

@@ -109,4 +109,9 @@ STAGES: dict[str, Callable[[SearchConfig, object], list[StageBuilder]]] = {
 }  # fmt: skip
 
 
-__all__ = ["STAGES", "StageBuilder", "vector_stage", "module_stage", "structured_stage"]
+def stage_count(space: str) -> int:
+    """How many stages ``space`` runs (the length of its ``STAGES`` entry; the builders are only listed, not run)."""
+    return len(STAGES[space](SearchConfig(space=space), None))
+
+
+__all__ = ["STAGES", "StageBuilder", "stage_count", "vector_stage", "module_stage", "structured_stage"]

@@ -1,8 +1,8 @@
 """The exhaustive-table tools: the search simulation answered from a table, and the report's statistics."""
 
-import numpy as np
-
 import json
+
+import numpy as np
 
 from bench.exhaustive_metric import best_at, classes, median_found, run_curve, simulate, spearman
 
