@@ -6,6 +6,7 @@ objective: the ground truth that the metric search and its proxy are measured ag
     python bench/exhaustive_metric.py simulate --table bench/exhaustive_metric_50.jsonl --seeds 0 1 2 3 4
     python bench/exhaustive_metric.py report --table bench/exhaustive_metric_50.jsonl
     python bench/exhaustive_metric.py compare --table bench/exhaustive_metric_50.jsonl --runs RUN [RUN ..] --at 54
+        [--gp-sims bench/gp_trees_50.jsonl.sim.jsonl]
 
 ``table``: one trial per class through the search's ``TrialRunner`` (the same windows as ``optishear search`` with
 its defaults: statistics 32 x 512 from wiki.valid.raw seed 0, dense statistics, KL on 4 x 256 prompts drawn apart),
@@ -17,9 +18,10 @@ defaults: population 20, 15 generations, eta 5) answered from the table instead 
 class is deterministic, so this is the search's trajectory without its cost. For each optimizer seed: the number of
 distinct classes evaluated until the exhaustive optimum first appears (``<table>.sim.jsonl``).
 ``compare``: the best objective after ``--at`` distinct evaluations, the simulated metric searches (each optimizer
-seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``), seed by seed and
-the median; the question of Pruner-Zero's goal "no worse than the meta-metric search at the same number of
-distinct evaluations" (``<table>.compare.json``).
+seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``) and the GP's
+simulated runs (``bench/gp_simulate.py``, one group per GP setting), seed by seed and the median; the question of
+Pruner-Zero's goal "no worse than the meta-metric search at the same number of distinct evaluations"
+(``<table>.compare.json``).
 ``report``: rank of Wanda, the optimum, the search's results and the Spearman correlation between objective and
 perplexity over the top classes (``<table>.report.json``).
 """
@@ -187,11 +189,15 @@ def cmd_compare(args) -> None:
     rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
             for s in sims]  # fmt: skip
     rows += [{"name": str(r), "kind": "run", "curve": run_curve(Path(r))} for r in args.runs]
+    for path in args.gp_sims:  # bench/gp_simulate.py's trajectories, one kind per GP setting
+        for g in read_jsonl(Path(path)):
+            kind = "gp " + json.dumps(g["setting"], sort_keys=True)
+            rows.append({"name": f"GP (simulated), seed {g['seed']}", "kind": kind, "curve": g["curve"]})
     out: dict = {"at": args.at, "setting": f"pop {args.pop_size} x {args.generations}", "rows": []}
     for r in rows:
         out["rows"].append({"name": r["name"], "kind": r["kind"], "distinct": len(r["curve"]),
                             **{str(k): best_at(r["curve"], k) for k in args.at}, "curve": r["curve"]})  # fmt: skip
-    for kind in ("metric", "run"):
+    for kind in dict.fromkeys(r["kind"] for r in rows):
         for k in args.at:
             vals = [best_at(r["curve"], k) for r in rows if r["kind"] == kind]
             vals = [v for v in vals if v is not None]
@@ -268,6 +274,7 @@ def main(argv=None) -> None:
     c = sub.add_parser("compare")
     c.add_argument("--table", required=True)
     c.add_argument("--runs", nargs="*", default=[])
+    c.add_argument("--gp-sims", nargs="*", default=[], help="bench/gp_simulate.py's <cache>.sim.jsonl files")
     c.add_argument("--at", type=int, nargs="+", default=[54])
     c.add_argument("--pop-size", type=int, default=20)
     c.add_argument("--generations", type=int, default=15)

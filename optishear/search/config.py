@@ -73,6 +73,9 @@ class SearchConfig:
         tree_operators: the symbolic space's operators: ``pruner-zero`` (Pruner-Zero's, the default), or
             ``relative``: those and the row and column relative importance ``rsn``, ``csn``, ``rcn``
             (``optishear_kernels.expr``), with RIA written with them as one more seed.
+        tree_init_mutants: the fraction of the symbolic search's first generation, beyond its seeds, made of one
+            mutation of a seed (point and subtree mutation alternating, round-robin over the seeds); the rest are
+            ramped half-and-half trees. 0 (the default): Pruner-Zero's initialisation, every non-seed tree random.
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
@@ -111,6 +114,9 @@ class SearchConfig:
     tree_operators: str = opt("pruner-zero", choices=TREE_OPERATORS, type=str,
                               help="symbolic space: Pruner-Zero's operators, or with the row/column relative ones "
                               "(rsn, csn, rcn) and RIA as a seed")  # fmt: skip
+    tree_init_mutants: float = opt(0.0, type=float, help="symbolic space: fraction of the first generation, "
+                                   "beyond the seeds, made of one mutation of a seed (0: all ramped "
+                                   "half-and-half)")  # fmt: skip
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
@@ -141,6 +147,8 @@ class SearchConfig:
             raise ValueError(f"operators must be one of {OPERATORS}, got {self.operators!r}")
         if self.search_seed is not None:
             _nonneg_int(self.search_seed, "search_seed")
+        if not 0.0 <= self.tree_init_mutants <= 1.0:
+            raise ValueError(f"tree_init_mutants is a fraction in [0, 1], got {self.tree_init_mutants}")
         if self.tree_operators not in TREE_OPERATORS:
             raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
         if self.space == "structured":

@@ -25,6 +25,9 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "optishear-search-manifest/1"
 # Configuration fields that cannot change any trial's result: a resume may change them.
 RESUMABLE_CHANGES = ("max_failures",)
+# Configuration fields added after runs were made without them, with the value that reproduces those runs: a manifest
+# without the field compares as that value (a field whose default changed the behaviour is not listed: it differs).
+ADDED_LATER = {"tree_init_mutants": 0.0}
 
 
 def extendable(space: str) -> bool:
@@ -63,7 +66,7 @@ def manifest_differences(old: dict, new: dict) -> list[str]:
     out: list[str] = []
     for section in ("model", "tokenizer", "data", "gradients"):
         _diff(old.get(section), new.get(section), section, out)
-    oc = {k: v for k, v in (old.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
+    oc = {k: v for k, v in {**ADDED_LATER, **(old.get("config") or {})}.items() if k not in RESUMABLE_CHANGES}
     nc = {k: v for k, v in (new.get("config") or {}).items() if k not in RESUMABLE_CHANGES}
     og, ng = oc.get("generations"), nc.get("generations")
     if isinstance(og, int) and isinstance(ng, int) and ng != og:

@@ -9,8 +9,10 @@ release), on the search package's ask/tell interface.
 - first generation: the seeds (Wanda ``mul(W,sqrt(X))`` first, the stage's baseline; magnitude ``W``; RIA's
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
   Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
-  RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then ramped half-and-half trees of depth 2 to 4 (grow and
-  full alternating over the depths), each simplified to its canonical form, duplicates redrawn;
+  RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then, with ``init_mutants`` f > 0, ``round(f * (pop_size -
+  seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
+  then ramped half-and-half trees of depth 2 to 4 (grow and full alternating over the depths), each simplified to its
+  canonical form, duplicates and trees over ``max_size`` redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
   tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
   node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for
@@ -93,14 +95,16 @@ class GPOptimizer:
         pop_size, generations, seed: the run's size and seed.
         seeds: trees of the first generation, in order (the first is the stage's baseline).
         max_size: most nodes a tree may have (canonical form).
-        tournament, p_crossover, p_subtree, p_point, elitism, init_depth: the GP's settings (module docstring).
+        tournament, p_crossover, p_subtree, p_point, elitism, init_depth, init_mutants: the GP's settings (module
+            docstring).
         operators: the operators random trees and point mutations draw from (``OPERATOR_SETS``).
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
                  seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
                  p_subtree: float = 0.15, p_point: float = 0.1, elitism: int = 2,
-                 init_depth: tuple[int, int] = (2, 4), operators: tuple[str, ...] = OPERATORS):  # fmt: skip
+                 init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
+                 operators: tuple[str, ...] = OPERATORS):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
         self.space = space
@@ -115,6 +119,9 @@ class GPOptimizer:
         self.unary = tuple(o for o in self.operators if ARITY[o] == 1)
         self.generation = 0
         self.best: dict[str, tuple[Expr, float]] = {}
+        if not 0.0 <= init_mutants <= 1.0:
+            raise ValueError(f"init_mutants is a fraction in [0, 1], got {init_mutants}")
+        self.init_mutants = init_mutants
         self.pop = self._initial([canonical(parse_expr(s)) for s in seeds][:pop_size], init_depth)
         self.fitness: list[float] | None = None
 
@@ -125,6 +132,18 @@ class GPOptimizer:
             if t not in seen:
                 pop.append(t)
                 seen.add(t)
+        n_mutants = round(self.init_mutants * (self.pop_size - len(pop)))
+        i = tries = 0
+        while n_mutants and len(pop) < self.pop_size and tries < 100 * self.pop_size:
+            seed = seeds[i % len(seeds)]
+            t = canonical(self._point(seed) if (i // len(seeds)) % 2 == 0 else self._subtree(seed))
+            i += 1
+            tries += 1
+            if t in seen or t.size > self.max_size:
+                continue
+            pop.append(t)
+            seen.add(t)
+            n_mutants -= 1
         depths = list(range(depth[0], depth[1] + 1))
         i = tries = 0
         while len(pop) < self.pop_size:
@@ -217,6 +236,7 @@ def symbolic_stage(cfg: SearchConfig, runner):
         relative = cfg.tree_operators == "relative"
         return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                                   max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
+                                  init_mutants=cfg.tree_init_mutants,
                                   seeds=SEEDS + (RIA_TREE,) if relative else SEEDS)  # fmt: skip
 
     return build

@@ -9,8 +9,10 @@ from optishear.plan import Plan
 from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
 from optishear.search.config import TREE_OPERATORS
-from optishear.search.symbolic import RIA_TREE, SEEDS, OPERATOR_SETS, GPOptimizer, SymbolicSpace
-from optishear_kernels import canonical, parse_expr
+from optishear.search.manifest import manifest_differences
+from optishear.search.symbolic import RIA_TREE, SEEDS, OPERATOR_SETS, GPOptimizer, SymbolicSpace, _paths, _replace
+from optishear_kernels import Expr, canonical, parse_expr
+from optishear_kernels.expr import ARITY, BINARY, TERMINALS
 
 from ..conftest import Killed, kill_after, random_windows, tiny_llama
 
@@ -76,6 +78,52 @@ def test_relative_operators_are_drawn_only_when_asked():
     assert {"rsn", "csn"} <= ops(rel)
     assert rel[0][len(SEEDS)] == canonical(RIA_TREE).text == RIA_TREE
     assert tuple(OPERATOR_SETS) == TREE_OPERATORS  # every --tree-operators choice has its operator set
+
+
+def _point_mutants(tree: Expr, operators) -> set[Expr]:
+    """Every canonical tree one point mutation away from ``tree`` (all nodes, all replacements)."""
+    unary = [o for o in operators if ARITY[o] == 1]
+    out = set()
+    for path, node in _paths(tree):
+        pool = TERMINALS if not node.args else unary if ARITY[node.op] == 1 else BINARY
+        out |= {canonical(_replace(tree, path, Expr(op, node.args))) for op in pool if op != node.op}
+    return out
+
+
+def test_init_mutants_start_next_to_the_seeds():
+    """``init_mutants``: after the seeds, that fraction of the rest is one mutation of a seed, point mutations
+    first (each is one of the seed's exhaustively listed point mutants), none a seed or a duplicate; then the
+    ramped half-and-half trees. 0 keeps the first generation of the searches before the option."""
+    ops = OPERATOR_SETS["relative"]
+    seeds = [canonical(parse_expr(s)) for s in SEEDS + (RIA_TREE,)]
+    space = SymbolicSpace("symbolic", _cfg(), 3)
+    opt = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
+                      init_mutants=0.5)  # fmt: skip
+    pop = opt.ask()
+    assert pop[:5] == seeds and len(set(pop)) == 20 and all(t.size <= 17 and canonical(t) == t for t in pop)
+    mutants = pop[5 : 5 + round(0.5 * 15)]
+    point = set().union(*(_point_mutants(s, ops) for s in seeds))
+    assert not set(mutants) & set(seeds)
+    assert len(set(mutants) & point) >= 4  # the first round is point mutations (a duplicate skips one)
+    assert mutants[0] in _point_mutants(seeds[0], ops)  # Wanda's, first
+    plain = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,))
+    assert GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
+                       init_mutants=0.0).ask() == plain.ask()  # fmt: skip
+    assert len(set(plain.ask()[5:]) & point) < len(mutants)  # random trees are rarely a seed's neighbours
+    everything = GPOptimizer(space, pop_size=12, seed=4, max_size=17, operators=ops, seeds=SEEDS, init_mutants=1.0)
+    assert len(everything.ask()) == 12 and not set(everything.ask()[4:]) & set(seeds)
+    with pytest.raises(ValueError, match="init_mutants"):
+        GPOptimizer(space, pop_size=20, init_mutants=1.5)
+    with pytest.raises(ValueError, match="tree_init_mutants"):
+        _cfg(tree_init_mutants=-0.1).validate()
+
+
+def test_a_run_made_before_init_mutants_resumes_as_zero():
+    """A manifest without ``tree_init_mutants`` (runs before the option) compares as 0.0, what those runs did."""
+    old = {"config": {"space": "symbolic", "generations": 4}}
+    assert manifest_differences(old, {"config": {**old["config"], "tree_init_mutants": 0.0}}) == []
+    diffs = manifest_differences(old, {"config": {**old["config"], "tree_init_mutants": 0.5}})
+    assert diffs == ["config.tree_init_mutants: 0.0 -> 0.5"]
 
 
 def test_gp_improves_a_fitness_it_can_see():
