@@ -13,9 +13,10 @@ its defaults: statistics 32 x 512 from wiki.valid.raw seed 0, dense statistics, 
 one JSON line per class as it finishes (resumable: classes already in the file are skipped).
 ``ppl``: the ``--top`` classes by objective pruned with the same statistics and evaluated on the first 40 windows of
 512 tokens of wiki.test.raw (``<table>.ppl.jsonl``, resumable).
-``simulate``: the metric search's NSGA-III (``PymooOptimizer`` over ``VectorSpace``, the ``optishear search``
-defaults: population 20, 15 generations, eta 5) answered from the table instead of pruning: the objective of a
-class is deterministic, so this is the search's trajectory without its cost. For each optimizer seed: the number of
+``simulate``: the metric search's NSGA-III (``PymooOptimizer`` over ``VectorSpace``; by default population 20, 15
+generations as the README's metric searches, where ``optishear search`` defaults to 10; eta 5) answered from the
+table instead of pruning: the objective of a class is deterministic, so this is the search's trajectory without its
+cost. For each optimizer seed: the number of
 distinct classes evaluated until the exhaustive optimum first appears (``<table>.sim.jsonl``).
 ``compare``: the best objective after ``--at`` distinct evaluations, the simulated metric searches (each optimizer
 seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``) and the GP's
