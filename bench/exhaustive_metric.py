@@ -186,12 +186,15 @@ def best_at(curve: list[float], k: int) -> float | None:
 
 def cmd_compare(args) -> None:
     sims = [s for s in read_jsonl(Path(str(args.table) + ".sim.jsonl"))
-            if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s]  # fmt: skip
+            if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s
+            and (not args.seeds or s["seed"] in args.seeds)]  # fmt: skip
     rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
             for s in sims]  # fmt: skip
     rows += [{"name": str(r), "kind": "run", "curve": run_curve(Path(r))} for r in args.runs]
     for path in args.gp_sims:  # bench/gp_simulate.py's trajectories, one kind per GP setting
         for g in read_jsonl(Path(path)):
+            if args.seeds and g["seed"] not in args.seeds:
+                continue
             kind = "gp " + json.dumps(g["setting"], sort_keys=True)
             rows.append({"name": f"GP (simulated), seed {g['seed']}", "kind": kind, "curve": g["curve"]})
     out: dict = {"at": args.at, "setting": f"pop {args.pop_size} x {args.generations}", "rows": []}
@@ -277,6 +280,7 @@ def main(argv=None) -> None:
     c.add_argument("--runs", nargs="*", default=[])
     c.add_argument("--gp-sims", nargs="*", default=[], help="bench/gp_simulate.py's <cache>.sim.jsonl files")
     c.add_argument("--at", type=int, nargs="+", default=[54])
+    c.add_argument("--seeds", type=int, nargs="*", default=[], help="only these optimizer seeds of the simulations")
     c.add_argument("--pop-size", type=int, default=20)
     c.add_argument("--generations", type=int, default=15)
     for q in (t, p):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from bench.exhaustive_metric import best_at, classes, median_found, run_curve, simulate, spearman
 
@@ -53,3 +54,26 @@ def test_median_counts_a_seed_that_never_found_the_optimum_as_the_longest():
     assert median_found([3, 5]) == 4.0
     assert median_found([10, None, None]) is None and median_found([None] * 5) is None
     assert median_found([7, 9, None, None]) is None  # the middle pair holds a seed that never found it
+
+
+def test_compare_puts_gp_simulations_beside_the_metric_search_by_setting_and_seed(tmp_path):
+    from bench.exhaustive_metric import main
+
+    table = tmp_path / "t.jsonl"
+    table.write_text("")
+    sims = [{"seed": s, "pop_size": 20, "generations": 60, "curve": [1.0 - 0.1 * s] * 60} for s in range(3)]
+    (tmp_path / "t.jsonl.sim.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sims))
+    gp = [{"seed": s, "setting": {"init_mutants": m}, "curve": [2.0 - 0.1 * s - m] * (50 + 10 * s)}
+          for m in (0.0, 0.5) for s in range(3)]  # fmt: skip
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gp))
+    args = ["compare", "--table", str(table), "--generations", "60", "--at", "54", "--gp-sims", str(tmp_path / "g.jsonl")]
+    main(args)
+    out = json.loads((tmp_path / "t.jsonl.compare.json").read_text())
+    assert out["median_metric_54"] == pytest.approx(0.9)
+    # seeds 1 and 2 made 54 distinct evaluations, seed 0 did not
+    assert out['median_gp {"init_mutants": 0.5}_54'] == pytest.approx(1.35)
+    assert out['n_gp {"init_mutants": 0.0}_54'] == 2
+    main(args + ["--seeds", "0", "1"])
+    out = json.loads((tmp_path / "t.jsonl.compare.json").read_text())
+    assert out["median_metric_54"] == pytest.approx(0.95)
+    assert out['median_gp {"init_mutants": 0.5}_54'] == pytest.approx(1.4)
