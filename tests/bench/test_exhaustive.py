@@ -66,7 +66,8 @@ def test_compare_puts_gp_simulations_beside_the_metric_search_by_setting_and_see
     gp = [{"seed": s, "setting": {"init_mutants": m}, "curve": [2.0 - 0.1 * s - m] * (50 + 10 * s)}
           for m in (0.0, 0.5) for s in range(3)]  # fmt: skip
     (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gp))
-    args = ["compare", "--table", str(table), "--generations", "60", "--at", "54", "--gp-sims", str(tmp_path / "g.jsonl")]
+    args = ["compare", "--table", str(table), "--generations", "60", "--at", "54",
+            "--gp-sims", str(tmp_path / "g.jsonl")]
     main(args)
     out = json.loads((tmp_path / "t.jsonl.compare.json").read_text())
     assert out["median_metric_54"] == pytest.approx(0.9)
