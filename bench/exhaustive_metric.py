@@ -48,24 +48,32 @@ def classes() -> list[tuple[int, int, int, int]]:
     return sorted({c.canonical().as_tuple() for c in all_configs()})
 
 
-def _config(args):
+def search_config(args, space: str = "metric", **fields):
+    """The search configuration the tables are scored with: ``optishear search``'s plan defaults with the args'
+    sparsity, structure and update, calibration from wiki.valid.raw."""
     from optishear import Plan
     from optishear.search import SearchConfig, search_plan_defaults
 
     plan = Plan(**{**search_plan_defaults().to_dict(), "sparsity": args.sparsity, "structure": args.structure,
-                   "calib": str(WIKI / "wiki.valid.raw"), "update": args.update})  # fmt: skip
-    return SearchConfig(plan=plan, space="metric")
+                   "calib": str(WIKI / "wiki.valid.raw"), "update": getattr(args, "update", "none")})  # fmt: skip
+    return SearchConfig(plan=plan, space=space, **fields)
 
 
-def _runner(args):
+def trial_runner(cfg, gradients=None):
+    """The search's ``TrialRunner`` for ``cfg`` on the bundled model (its statistics and objective windows, as
+    ``optishear search`` draws them), and the tokenizer. ``gradients``: a directory of the search's gradient
+    statistics for trees that read G (reloaded, computed there when absent)."""
     from optishear.models import load_model
-    from optishear.search.driver import _window_sets
+    from optishear.search.driver import _gradients, _window_sets
     from optishear.search.runner import TrialRunner
 
-    cfg = _config(args)
     model, tok = load_model()
     sets = _window_sets(cfg, tok, model, None, None, None)
-    return TrialRunner(model, sets["statistics"].tokens, cfg, objective_windows=sets["objective"].tokens), tok
+    grads = None if gradients is None else _gradients(cfg, model, sets["statistics"].tokens, Path(gradients).parent,
+                                                      False)  # fmt: skip
+    runner = TrialRunner(model, sets["statistics"].tokens, cfg, objective_windows=sets["objective"].tokens,
+                         gradients=grads)  # fmt: skip
+    return runner, tok
 
 
 def cmd_table(args) -> None:
@@ -76,7 +84,7 @@ def cmd_table(args) -> None:
     todo = [c for c in classes() if c not in done]
     if args.limit:
         todo = todo[: args.limit]
-    runner, _ = _runner(args)
+    runner, _ = trial_runner(search_config(args))
     known: dict = {}
     t0 = time.perf_counter()
     for i, c in enumerate(todo):
@@ -103,7 +111,7 @@ def cmd_ppl(args) -> None:
     wanda = next(r for r in table if r["metric"] == "w:none*none,x:none*none")
     if wanda not in top:
         top.append(wanda)
-    runner, tok = _runner(args)
+    runner, tok = trial_runner(search_config(args))
     tokens = eval_tokens(str(WIKI / "wiki.test.raw"), tok)
     for r in top:
         if r["metric"] in done:
@@ -162,9 +170,14 @@ def cmd_simulate(args) -> None:
         r.update(pop_size=args.pop_size, generations=args.generations, eta=args.eta)
         kept.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), file=sys.stderr)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(out)
+    rewrite_jsonl(out, kept)
+
+
+def rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` by ``rows``, one JSON line each, through a temporary file (never half-written)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def run_curve(run_dir: Path) -> list[float]:

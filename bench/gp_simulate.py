@@ -30,19 +30,12 @@ from pathlib import Path
 import numpy as np
 from optishear.search.trials import append_jsonl, read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
-WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
-GP_KNOBS = ("init_mutants", "p_crossover", "p_subtree", "p_point", "tournament", "elitism")
+try:
+    from bench.exhaustive_metric import rewrite_jsonl, search_config, trial_runner
+except ImportError:  # run as a script: its own directory is on the path
+    from exhaustive_metric import rewrite_jsonl, search_config, trial_runner
 
-
-def _config(args):
-    from optishear import Plan
-    from optishear.search import SearchConfig, search_plan_defaults
-
-    plan = Plan(**{**search_plan_defaults().to_dict(), "sparsity": args.sparsity, "structure": args.structure,
-                   "calib": str(WIKI / "wiki.valid.raw")})  # fmt: skip
-    return SearchConfig(plan=plan, space="symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
-                        tree_operators=args.tree_operators, validate_top=0)  # fmt: skip
+GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "tournament", "elitism")  # GPOptimizer settings not in SearchConfig
 
 
 class Oracle:
@@ -69,15 +62,7 @@ class Oracle:
         self.cache[rec["tree"]] = rec
 
     def _start(self) -> None:
-        from optishear.models import load_model
-        from optishear.search.driver import _gradients, _window_sets
-        from optishear.search.runner import TrialRunner
-
-        model, tok = load_model()
-        sets = _window_sets(self.cfg, tok, model, None, None, None)
-        grads = _gradients(self.cfg, model, sets["statistics"].tokens, Path(self.args.gradients).parent, False)
-        self.runner = TrialRunner(model, sets["statistics"].tokens, self.cfg,
-                                  objective_windows=sets["objective"].tokens, gradients=grads)
+        self.runner, _ = trial_runner(self.cfg, gradients=self.args.gradients)
 
     def __call__(self, tree) -> dict:
         if tree.text not in self.cache:
@@ -92,15 +77,15 @@ class Oracle:
         return self.cache[tree.text]
 
 
-def simulate(oracle: Oracle, cfg, seed: int, until: int, knobs: dict) -> dict:
-    """One GP trajectory, stopped after ``until`` distinct evaluations; its best-after-k curve."""
-    from optishear.search.symbolic import OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace
+def simulate(oracle, cfg, seed: int, until: int, settings: dict | None = None) -> dict:
+    """One GP trajectory (``--space symbolic``'s GP for ``cfg`` with optimizer seed ``seed``, ``settings`` overriding
+    its other settings), stopped after ``until`` distinct evaluations; its best-after-k curve."""
+    from dataclasses import replace
 
-    relative = cfg.tree_operators == "relative"
-    space = SymbolicSpace("symbolic", cfg, 1)
-    opt = GPOptimizer(space, pop_size=cfg.pop_size, generations=10**6, seed=seed, max_size=cfg.tree_size,
-                      operators=OPERATOR_SETS[cfg.tree_operators], seeds=SEEDS + (RIA_TREE,) if relative else SEEDS,
-                      **knobs)  # fmt: skip
+    from optishear.search.symbolic import SymbolicSpace, gp_optimizer
+
+    cfg = replace(cfg, search_seed=seed, generations=10**6)
+    opt = gp_optimizer(cfg, SymbolicSpace("symbolic", cfg, 1), **(settings or {}))
     masks: set[str] = set()
     curve: list[float] = []
     trials = 0
@@ -145,20 +130,21 @@ def main(argv=None) -> None:
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
     args = ap.parse_args(argv)
-    cfg = _config(args)
+    cfg = search_config(args, "symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
+                        tree_operators=args.tree_operators, tree_init_mutants=args.init_mutants or 0.0,
+                        validate_top=0)  # fmt: skip
     oracle = Oracle(args, cfg)
     oracle.prefill(args.prefill)
     knobs = {k: getattr(args, k) for k in GP_KNOBS if getattr(args, k) is not None}
     setting = {"pop_size": args.pop_size, "tree_size": args.tree_size, "tree_operators": args.tree_operators, **knobs}
+    if args.init_mutants is not None:  # the key the sims were recorded under
+        setting["init_mutants"] = args.init_mutants
     out = Path(str(args.cache) + ".sim.jsonl")
     for s in args.seeds:
         t0 = time.perf_counter()
         r = simulate(oracle, cfg, s, args.until, knobs)
         r.update(setting=setting, scored=oracle.scored, seconds=round(time.perf_counter() - t0, 1))
-        kept = [x for x in read_jsonl(out) if (x["setting"], x["seed"]) != (setting, s)]
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(x) + "\n" for x in kept + [r]))
-        tmp.replace(out)
+        rewrite_jsonl(out, [x for x in read_jsonl(out) if (x["setting"], x["seed"]) != (setting, s)] + [r])
         at = {k: r["curve"][k - 1] for k in (20, 54, 85) if len(r["curve"]) >= k}
         print(json.dumps({"seed": s, "setting": setting, "at": at, "best_tree": r["best_tree"],
                           "generations": r["generations"], "scored": oracle.scored}), file=sys.stderr)  # fmt: skip

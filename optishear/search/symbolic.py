@@ -132,31 +132,32 @@ class GPOptimizer:
             if t not in seen:
                 pop.append(t)
                 seen.add(t)
-        n_mutants = round(self.init_mutants * (self.pop_size - len(pop)))
-        i = tries = 0
-        while n_mutants and len(pop) < self.pop_size and tries < 100 * self.pop_size:
+
+        def mutant(i):  # point, then subtree mutation, each round over the seeds in order
             seed = seeds[i % len(seeds)]
-            t = canonical(self._point(seed) if (i // len(seeds)) % 2 == 0 else self._subtree(seed))
-            i += 1
-            tries += 1
-            if t in seen or t.size > self.max_size:
-                continue
-            pop.append(t)
-            seen.add(t)
-            n_mutants -= 1
+            return self._point(seed) if (i // len(seeds)) % 2 == 0 else self._subtree(seed)
+
         depths = list(range(depth[0], depth[1] + 1))
-        i = tries = 0
-        while len(pop) < self.pop_size:
-            d = depths[i % len(depths)]
-            grow = (i // len(depths)) % 2 == 0
-            i += 1
-            t = canonical(random_tree(self.rng, d, grow, operators=self.operators))
+
+        def ramped(i):  # grow and full alternating over the depths
+            return random_tree(self.rng, depths[i % len(depths)], (i // len(depths)) % 2 == 0, operators=self.operators)
+
+        self._fill(pop, seen, round(self.init_mutants * (self.pop_size - len(pop))), mutant, fill=False)
+        self._fill(pop, seen, self.pop_size - len(pop), ramped, fill=True)
+        return pop
+
+    def _fill(self, pop: list[Expr], seen: set[Expr], n: int, draw, *, fill: bool) -> None:
+        """Append ``n`` canonical trees ``draw(0), draw(1), ...`` to ``pop``, skipping duplicates and trees over
+        ``max_size`` for up to ``100 * pop_size`` draws; then ``fill`` takes whatever comes, else it stops short."""
+        tries, limit = 0, 100 * self.pop_size
+        while n > 0 and (fill or tries < limit):
+            t = canonical(draw(tries))
             tries += 1
-            if (t in seen or t.size > self.max_size) and tries < 100 * self.pop_size:
+            if (t in seen or t.size > self.max_size) and (tries < limit or not fill):
                 continue
             pop.append(t)
             seen.add(t)
-        return pop
+            n -= 1
 
     def _select(self) -> Expr:
         picks = [self.rng.randrange(len(self.pop)) for _ in range(self.tournament)]
@@ -228,18 +229,24 @@ class GPOptimizer:
         return [(tree, np.array([v]))]
 
 
+def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptimizer:
+    """The GP that ``--space symbolic`` runs for ``cfg`` (its size, optimizer seed, grammar, seeds and first
+    generation); ``settings`` overrides the GP's other settings (``tournament``, ``p_crossover``...)."""
+    relative = cfg.tree_operators == "relative"
+    return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
+                       max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
+                       init_mutants=cfg.tree_init_mutants, seeds=SEEDS + (RIA_TREE,) if relative else SEEDS,
+                       **settings)  # fmt: skip
+
+
 def symbolic_stage(cfg: SearchConfig, runner):
     """The stage builder of ``--space symbolic`` (``stages.STAGES``)."""
 
     def build(prev):
         space = SymbolicSpace("symbolic", cfg, len(runner.linears))
-        relative = cfg.tree_operators == "relative"
-        return space, GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
-                                  max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
-                                  init_mutants=cfg.tree_init_mutants,
-                                  seeds=SEEDS + (RIA_TREE,) if relative else SEEDS)  # fmt: skip
+        return space, gp_optimizer(cfg, space)
 
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]

@@ -31,7 +31,7 @@ def test_the_simulation_is_the_searchs_trajectory(tmp_path, mutants):
         return table[tree.text]  # a tree the search never scored: KeyError, the trajectories differ
 
     curve = run_curve(tmp_path / "run")
-    out = simulate(oracle, cfg, seed=2, until=len(curve), knobs={"init_mutants": mutants})
+    out = simulate(oracle, cfg, seed=2, until=len(curve))
     assert out["curve"] == curve and out["best"] == min(r["objective"] for r in table.values() if r["objective"])
     assert all(b <= a for a, b in zip(curve, curve[1:]))
     assert asked[: cfg.pop_size] == [r["metric"].removeprefix("expr:") for r in
