@@ -5,10 +5,11 @@
 | ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
 | ``sparsegpt.py`` | SparseGPT's mask and OBS weight update (``obs.py``) | ``sparsegpt`` |
 | ``expression.py`` | a symbolic metric over W, G, X through the fused kernels | ``pruner-zero``, ``expr:<tree>`` |
+| ``sparsegpt.py`` | ADMM's gradual mask and least-squares update (``admm.py``, Boža 2024) | ``admm`` |
 | ``structured.py`` | remove whole heads and MLP channels (surgery) | any, with ``structured=True`` |
 
-The plan's ``update`` (``sparsegpt``) wraps any unstructured method: its mask, then the OBS update with the mask
-fixed.
+The plan's ``update`` (``sparsegpt`` or ``admm``) wraps any unstructured method: its mask, then the OBS update (or
+the ADMM least-squares solve) with the mask fixed.
 
 A new method is a new file with a ``Method`` subclass, added to ``METHODS`` below (first match wins).
 """
@@ -18,10 +19,10 @@ from __future__ import annotations
 from .base import BlockJob, MaskSink, Method, mask_digest
 from .expression import ExpressionMethod
 from .metric import NAMED, Metric, MetricMethod, prune_matrix, resolve_metric
-from .sparsegpt import SparseGPTMethod, SparseGPTUpdate, with_update
+from .sparsegpt import AdmmMethod, SparseGPTMethod, SparseGPTUpdate, with_update
 from .structured import StructuredMethod
 
-METHODS: list[type[Method]] = [StructuredMethod, SparseGPTMethod, MetricMethod, ExpressionMethod]
+METHODS: list[type[Method]] = [StructuredMethod, SparseGPTMethod, AdmmMethod, MetricMethod, ExpressionMethod]
 
 
 def method_for(plan) -> Method:
@@ -38,5 +39,5 @@ def method_for(plan) -> Method:
 
 
 __all__ = ["BlockJob", "MaskSink", "Method", "mask_digest", "NAMED", "Metric", "MetricMethod", "prune_matrix",
-           "resolve_metric", "METHODS", "method_for", "SparseGPTMethod", "SparseGPTUpdate",
+           "resolve_metric", "METHODS", "method_for", "AdmmMethod", "SparseGPTMethod", "SparseGPTUpdate",
            "StructuredMethod"]  # fmt: skip

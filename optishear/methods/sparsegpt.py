@@ -17,11 +17,12 @@ from optishear_kernels import pack_mask, unpack_mask
 
 from ..calibrate import HESSIAN
 from .base import BlockJob, MaskSink, Method
+from .admm import admm_prune, cached_solver
 from .obs import cached_inverse, obs_prune_all
 
 logger = logging.getLogger(__name__)
 
-UPDATES = ("none", "sparsegpt")
+UPDATES = ("none", "sparsegpt", "admm")
 
 
 def _write(ref, new: torch.Tensor) -> None:
@@ -56,21 +57,48 @@ class SparseGPTMethod(Method):
             job.masks.add(r.full_name, masks[i])
 
 
+class AdmmMethod(Method):
+    """ADMM's gradual mask and least-squares update (Boža 2024; ``admm.py``): unstructured over each layer at the
+    block's or linear's sparsity, or the plan's N:M."""
+
+    name = "admm"
+
+    @classmethod
+    def handles(cls, metric: str) -> bool:
+        return isinstance(metric, str) and metric.strip().lower() == "admm"
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({HESSIAN})
+
+    def prune_block(self, job: BlockJob) -> None:
+        nm = self.plan.nm
+        for r in job.refs:
+            job.snapshot.save(r)
+            new, mask = admm_prune(r.weight2d(), cached_solver(job.stat(r, HESSIAN), r.full_name),
+                                   sparsity=None if nm is not None else job.sparsity_for(r), nm=nm)  # fmt: skip
+            _write(r, new)
+            job.masks.add(r.full_name, pack_mask(mask))
+
+
 class SparseGPTUpdate(Method):
-    """Any method's mask, then SparseGPT's weight update with that mask fixed.
+    """Any method's mask, then a weight update with that mask fixed: SparseGPT's (``obs_prune(mask=...)``) or, with
+    ``update="admm"``, the ADMM least-squares solve (``admm.admm_prune(mask=...)``).
 
     The inner method prunes the block as usual (its masks reported to a private sink); the dense weights are then
-    put back and updated by ``obs_prune(mask=...)``. Linears that share a Hessian (q/k/v, gate/up) are updated in one
-    pass over the stacked rows: with a fixed mask every row's update is independent, so this equals one pass per
-    linear. The masks reported are the inner method's; the digest also records the update.
+    put back and updated. Linears that share a Hessian (q/k/v, gate/up) are updated in one pass over the stacked
+    rows: with a fixed mask every row's update is independent, so this equals one pass per linear. The masks
+    reported are the inner method's; the digest also records the update.
     """
 
     name = "update"
 
-    def __init__(self, inner: Method):
+    def __init__(self, inner: Method, update: str = "sparsegpt"):
         super().__init__(inner.plan)
+        if update not in UPDATES[1:]:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         self.inner = inner
-        self.name = f"{inner.name}+sparsegpt"
+        self.update = update
+        self.name = f"{inner.name}+{update}"
 
     def __getattr__(self, name):  # the inner method's own attributes (``metric`` for recipes)
         if name == "inner":
@@ -102,8 +130,8 @@ class SparseGPTUpdate(Method):
             w = torch.cat([dense[r.name] for r in refs])
             cols = w.shape[1]
             mask = torch.cat([unpack_mask(sink.masks[r.full_name], cols).to(w.device) for r in refs])
-            tasks.append({"w": w, "inv": cached_inverse(job.stat(refs[0], HESSIAN), refs[0].full_name), "mask": mask})
-        for i, new, _ in obs_prune_all(tasks):
+            tasks.append({"w": w, "mask": mask})
+        for i, new, _ in self._solve(job, tasks, groups):
             start = 0
             for r in groups[i]:
                 rows = dense[r.name].shape[0]
@@ -111,16 +139,25 @@ class SparseGPTUpdate(Method):
                 start += rows
         for name in sorted(sink.masks):
             job.masks.add(name, sink.masks[name])
-        job.masks.note(f"update:{job.index}", "sparsegpt")
+        job.masks.note(f"update:{job.index}", self.update)
+
+    def _solve(self, job: BlockJob, tasks: list[dict], groups: list[list]):
+        """(task index, new weights, mask) of each stacked group, in no fixed order."""
+        stats = [(job.stat(refs[0], HESSIAN), refs[0].full_name) for refs in groups]
+        if self.update == "sparsegpt":
+            yield from obs_prune_all([dict(task, inv=cached_inverse(*st)) for task, st in zip(tasks, stats)])
+            return
+        for i, (task, st) in enumerate(zip(tasks, stats)):  # matmuls: torch's own threads, one layer at a time
+            yield (i, *admm_prune(task["w"], cached_solver(*st), mask=task["mask"]))
 
 
 def with_update(method: Method, update: str | None) -> Method:
     """``method`` followed by the plan's weight update (``none``: as it is; SparseGPT updates already)."""
-    if update in (None, "none") or isinstance(method, SparseGPTMethod):
+    if update in (None, "none") or (update, type(method)) in (("sparsegpt", SparseGPTMethod), ("admm", AdmmMethod)):
         return method
-    if update == "sparsegpt":
-        return SparseGPTUpdate(method)
+    if update in UPDATES:
+        return SparseGPTUpdate(method, update)
     raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
 
 
-__all__ = ["SparseGPTMethod", "SparseGPTUpdate", "with_update", "UPDATES"]
+__all__ = ["AdmmMethod", "SparseGPTMethod", "SparseGPTUpdate", "with_update", "UPDATES"]
