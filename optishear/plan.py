@@ -162,7 +162,8 @@ class Plan:
         batch_size: calibration windows per forward. Statistics accumulate in float64, so masks do not
             depend on it (tested).
         update: ``none``, ``sparsegpt`` (after any method's mask, SparseGPT's weight update with that mask fixed) or
-            ``admm`` (the least-squares solve by ADMM with that mask fixed)
+            ``admm`` (the least-squares solve by ADMM with that mask fixed) or ``admm-gradual`` (ADMM's gradual
+            pruning with the metric choosing each mask from the iterate)
             (``methods.sparsegpt.SparseGPTUpdate``).
         module_sparsity: ``{"attn": [one per block], "mlp": [one per block]}``: each block's attention linears and
             MLP linears get their own sparsity (``module_kind``); overrides ``sparsity``, unstructured only.
@@ -193,9 +194,10 @@ class Plan:
     seqlen: int = opt(2048, type=int, help="tokens per calibration window")
     seed: int = opt(0, type=int, help="seed of the calibration draw")
     batch_size: int = opt(8, type=int, help="calibration windows per forward")
-    update: str = opt("none", type=str, choices=("none", "sparsegpt", "admm"),
-                      help="weight update after the mask: none, sparsegpt (OBS reconstruction with the mask fixed) or "
-                           "admm (the least-squares solve by ADMM, Boza 2024)")  # fmt: skip
+    update: str = opt("none", type=str, choices=("none", "sparsegpt", "admm", "admm-gradual"),
+                      help="weight update after the mask: none, sparsegpt (OBS reconstruction with the mask fixed), "
+                           "admm (the least-squares solve by ADMM, Boza 2024) or admm-gradual (ADMM's gradual "
+                           "pruning, the metric re-choosing the mask from its iterate)")  # fmt: skip
     module_sparsity: dict[str, list[float]] | None = opt(
         None, parse=_parse_module_sparsity, render=_render_module_sparsity,
         help='one sparsity per block and module kind: JSON {"attn": [...], "mlp": [...]} or a file holding it',
@@ -245,8 +247,8 @@ class Plan:
             for kind, values in ms.items():
                 for i, v in enumerate(values):
                     check_sparsity(v, f"module_sparsity[{kind!r}][{i}]")
-        if self.update not in ("none", "sparsegpt", "admm"):
-            raise ValueError(f"update must be none, sparsegpt or admm, got {self.update!r}")
+        if self.update not in ("none", "sparsegpt", "admm", "admm-gradual"):
+            raise ValueError(f"update must be none, sparsegpt, admm or admm-gradual, got {self.update!r}")
         if self.stats not in STATS_MODES:
             raise ValueError(f"stats must be one of {STATS_MODES}, got {self.stats!r}")
         for name in ("nsamples", "seqlen", "batch_size"):

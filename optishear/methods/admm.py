@@ -79,11 +79,11 @@ def cached_solver(stat: dict, name: str = "layer") -> AdmmSolver:
     return solver
 
 
-def _gradual_mask(v: torch.Tensor, frac: float, nm: tuple[int, int] | None) -> torch.Tensor:
-    """True where pruned: of |v|, the ``int(numel * frac)`` smallest over the layer; with N:M only among each
-    group's M - N smallest (ties by position, for the same mask on every machine)."""
-    score = v.abs()
-    k = int(score.numel() * frac)
+def _gradual_mask(score: torch.Tensor, frac: float, nm: tuple[int, int] | None, per_row: bool = False) -> torch.Tensor:
+    """True where pruned: the ``int(numel * frac)`` smallest scores over the layer (``per_row``: the ``int(in *
+    frac)`` smallest of each row); with N:M only among each group's M - N smallest. Ties by position, for the same
+    mask on every machine."""
+    k = int(score.shape[1] * frac) if per_row else int(score.numel() * frac)
     if nm is not None:
         keep, m = nm
         rows, cols = score.shape
@@ -94,6 +94,9 @@ def _gradual_mask(v: torch.Tensor, frac: float, nm: tuple[int, int] | None) -> t
             rank += gj < g
             rank[..., j + 1 :] += gj == g[..., j + 1 :]
         score = torch.where((rank < m - keep).reshape(rows, cols), score, torch.full_like(score, float("inf")))
+    if per_row:
+        mask = torch.zeros_like(score, dtype=torch.bool)
+        return mask.scatter_(1, torch.sort(score, dim=1, stable=True)[1][:, :k], True) if k else mask
     return _smallest(score.flatten(), k).reshape(score.shape)
 
 
@@ -114,11 +117,13 @@ def _smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 def admm_prune(w: torch.Tensor, solver: AdmmSolver, *, sparsity: float | None = None,
                nm: tuple[int, int] | None = None, mask: torch.Tensor | None = None, iters: int = ITERS,
-               mask_iters: int = MASK_ITERS) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               mask_iters: int = MASK_ITERS, score=None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Prune ``w`` and solve for the remaining weights by ADMM.
 
     Exactly one of ``sparsity`` (gradual, unstructured over the layer), ``nm`` (gradual N:M) or ``mask`` (fixed, True
-    where pruned) is given.
+    where pruned) is given. ``score``: a row-scoped metric choosing the gradual masks instead of ADMM's |W + U|, a
+    callable from weights [out, in] in the original space (float32) to scores (lower pruned first), compared within
+    each row (``--update admm-gradual``).
 
     Returns:
         (new weights [out, in] in the solver's dtype, exactly zero where pruned; the mask [out, in] bool).
@@ -143,11 +148,17 @@ def admm_prune(w: torch.Tensor, solver: AdmmSolver, *, sparsity: float | None = 
         pruned = mask.to(device=dev, dtype=torch.bool)
     else:
         s = sparsity if nm is None else (nm[1] - nm[0]) / nm[1]
-        pruned = _gradual_mask(W0, s if mask_iters == 0 else 0.0, nm)
+
+        def pick(v: torch.Tensor, frac: float) -> torch.Tensor:
+            if score is None:
+                return _gradual_mask(v.abs(), frac, nm)
+            return _gradual_mask(score((v / solver.norm).float()).to(v.device), frac, nm, per_row=True)
+
+        pruned = pick(W0, s if mask_iters == 0 else 0.0)
     W, U = W0.clone(), torch.zeros_like(W0)
     for t in range(iters):
         if mask is None and t < mask_iters:
-            pruned = _gradual_mask(W + U, s - s * (1 - (t + 1) / mask_iters) ** 3, nm)
+            pruned = pick(W + U, s - s * (1 - (t + 1) / mask_iters) ** 3)
         Z = (W + U).masked_fill_(pruned, 0)
         U += W - Z
         W = (target + rho * (Z - U)) @ solver.inv

@@ -13,16 +13,16 @@ import logging
 from dataclasses import replace
 
 import torch
-from optishear_kernels import pack_mask, unpack_mask
+from optishear_kernels import meta_score, pack_mask, unpack_mask
 
-from ..calibrate import HESSIAN
+from ..calibrate import ACT_NORM, HESSIAN
 from .base import BlockJob, MaskSink, Method
 from .admm import admm_prune, cached_solver
 from .obs import cached_inverse, obs_prune_all
 
 logger = logging.getLogger(__name__)
 
-UPDATES = ("none", "sparsegpt", "admm")
+UPDATES = ("none", "sparsegpt", "admm", "admm-gradual")
 
 
 def _write(ref, new: torch.Tensor) -> None:
@@ -96,6 +96,9 @@ class SparseGPTUpdate(Method):
         super().__init__(inner.plan)
         if update not in UPDATES[1:]:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        if update == "admm-gradual" and getattr(getattr(inner, "metric", None), "config", None) is None:
+            raise ValueError(f"update admm-gradual re-chooses the mask by a row-scoped metric (wanda, ria, "
+                             f"magnitude-row, a meta-metric spec), not by {inner.plan.metric!r}")  # fmt: skip
         self.inner = inner
         self.update = update
         self.name = f"{inner.name}+{update}"
@@ -115,6 +118,8 @@ class SparseGPTUpdate(Method):
         self.inner.check_model(linears)
 
     def prune_block(self, job: BlockJob) -> None:
+        if self.update == "admm-gradual":
+            return self._gradual(job)
         dense = {}
         for r in job.refs:
             job.snapshot.save(r)
@@ -139,6 +144,23 @@ class SparseGPTUpdate(Method):
                 start += rows
         for name in sorted(sink.masks):
             job.masks.add(name, sink.masks[name])
+        job.masks.note(f"update:{job.index}", self.update)
+
+    def _gradual(self, job: BlockJob) -> None:
+        """ADMM's gradual pruning with the inner metric choosing each mask from the iterate (per row)."""
+        metric, nm = self.inner.metric, self.plan.nm
+        for r in job.refs:
+            job.snapshot.save(r)
+            x = job.stat(r, ACT_NORM) if metric.needs_activations else None
+
+            def score(v, x=x):
+                return meta_score(v, x.to(v.device) if x is not None else torch.ones(v.shape[1], device=v.device),
+                                  metric.config)  # fmt: skip
+
+            new, mask = admm_prune(r.weight2d(), cached_solver(job.stat(r, HESSIAN), r.full_name),
+                                   sparsity=None if nm is not None else job.sparsity_for(r), nm=nm, score=score)
+            _write(r, new)
+            job.masks.add(r.full_name, pack_mask(mask))
         job.masks.note(f"update:{job.index}", self.update)
 
     def _solve(self, job: BlockJob, tasks: list[dict], groups: list[list]):

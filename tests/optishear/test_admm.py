@@ -10,6 +10,8 @@ must be equal. The plain sequential protocol runs the whole model once per block
 import pytest
 import torch
 
+from optishear_kernels import RIA, WANDA, meta_score
+
 from optishear import Plan, prune
 from optishear.calibrate import HESSIAN, walk
 from optishear.methods import AdmmMethod, SparseGPTUpdate, method_for
@@ -19,19 +21,26 @@ from optishear.models import model_linears
 from tests.conftest import random_windows, tiny_llama
 
 
-def _plain_mask(v, frac, nm):
-    score = v.abs().clone()
+def _plain_mask(v, frac, nm, score_fn=None, norm=None):
+    """ADMM's own choice (|v| over the layer) or, with ``score_fn``, the metric's per row of v / norm."""
+    score = v.abs().clone() if score_fn is None else score_fn((v / norm).float()).double()
     if nm is not None:
         keep, m = nm
         groups = score.reshape(score.shape[0], -1, m)  # a view: each group's N largest become inf
         groups.scatter_(2, torch.sort(groups, dim=2, stable=True)[1][..., m - keep :], float("inf"))
+    if score_fn is not None:
+        mask = torch.zeros(score.shape, dtype=torch.bool)
+        for r in range(score.shape[0]):
+            mask[r, torch.sort(score[r], stable=True)[1][: int(score.shape[1] * frac)]] = True
+        return mask
     k = int(score.numel() * frac)
     mask = torch.zeros(score.numel(), dtype=torch.bool)
     mask[torch.sort(score.flatten(), stable=True)[1][:k]] = True
     return mask.reshape(score.shape)
 
 
-def _plain_admm(W, H, *, sparsity=None, nm=None, mask=None, iters=20, mask_iters=15, rho=1.0, percdamp=0.1):
+def _plain_admm(W, H, *, sparsity=None, nm=None, mask=None, iters=20, mask_iters=15, rho=1.0, percdamp=0.1,
+                score=None):
     """The paper's ADMM with gradual pruning, plainly. W [out, in], H [in, in]. Returns (W, mask)."""
     W, H = W.double().clone(), H.double().clone()
     cols = W.shape[1]
@@ -44,12 +53,12 @@ def _plain_admm(W, H, *, sparsity=None, nm=None, mask=None, iters=20, mask_iters
     W0 = W * norm
     W0[:, dead] = 0
     s = sparsity if nm is None else (nm[1] - nm[0]) / nm[1]
-    pruned = mask.clone() if mask is not None else _plain_mask(W0, s if mask_iters == 0 else 0.0, nm)
+    pruned = mask.clone() if mask is not None else _plain_mask(W0, s if mask_iters == 0 else 0.0, nm, score, norm)
     Wk, U = W0.clone(), torch.zeros_like(W0)
     A = Hn + rho * torch.eye(cols, dtype=H.dtype)
     for t in range(iters):
         if mask is None and t < mask_iters:
-            pruned = _plain_mask(Wk + U, s - s * (1 - (t + 1) / mask_iters) ** 3, nm)
+            pruned = _plain_mask(Wk + U, s - s * (1 - (t + 1) / mask_iters) ** 3, nm, score, norm)
         Z = torch.where(pruned, 0.0, Wk + U)
         U = U + Wk - Z
         Wk = torch.linalg.solve(A, (W0 @ Hn + rho * (Z - U)).T).T  # A symmetric: W A = B
@@ -66,13 +75,20 @@ def _layer(seed=3, rows=37, cols=96, n=400):
     return W, X, {"sum": X.T @ X, "count": n}
 
 
-@pytest.mark.parametrize("case", ["unstructured", "2:4", "1:4", "mask", "no-gradual"])
+def _ria(x_sq):
+    """A row-scoped metric for the ``score`` cases: RIA's score through the kernels' scoring twin."""
+    return lambda v: meta_score(v, x_sq, RIA)
+
+
+@pytest.mark.parametrize("case", ["unstructured", "2:4", "1:4", "mask", "no-gradual", "metric", "metric-2:4"])
 def test_admm_equals_plain_reference(case):
     W, X, stat = _layer()
     H = 2.0 / stat["count"] * stat["sum"]
     solver = AdmmSolver(stat)
+    score = _ria((X.float() ** 2).mean(0))
     kw = {"unstructured": {"sparsity": 0.6}, "2:4": {"nm": (2, 4)}, "1:4": {"nm": (1, 4)},
-          "no-gradual": {"sparsity": 0.5, "mask_iters": 0},
+          "no-gradual": {"sparsity": 0.5, "mask_iters": 0}, "metric": {"sparsity": 0.6, "score": score},
+          "metric-2:4": {"nm": (2, 4), "score": score},
           "mask": {"mask": torch.rand(W.shape, generator=torch.Generator().manual_seed(9)) < 0.5}}[case]  # fmt: skip
     new, mask = admm_prune(W, solver, **kw)
     ref, ref_mask = _plain_admm(W, H, **kw)
@@ -82,7 +98,9 @@ def test_admm_equals_plain_reference(case):
     assert bool((new[mask] == 0).all())
     if case == "unstructured":
         assert int(mask.sum()) == int(W.numel() * 0.6)
-    if case in ("2:4", "1:4"):
+    if case == "metric":
+        assert bool((mask.sum(1) == int(W.shape[1] * 0.6)).all())  # per row
+    if case in ("2:4", "1:4", "metric-2:4"):
         m, keep = 4, kw["nm"][0]
         assert bool((mask.reshape(W.shape[0], -1, m).sum(-1) == m - keep).all())
 
@@ -113,7 +131,7 @@ def test_fixed_mask_converges_to_the_least_squares_solution_and_beats_obs():
     assert err(exact) <= err(new) * (1 + 1e-6)
 
 
-def _plain_sequential(model, windows, **kw):
+def _plain_sequential(model, windows, metric=None, **kw):
     for refs in model_linears(model):
         xs = {r.name: [] for r in refs}
         hooks = [r.module.register_forward_pre_hook(lambda mod, args, n=r.name: xs[n].append(args[0].detach()))
@@ -124,19 +142,24 @@ def _plain_sequential(model, windows, **kw):
             h.remove()
         for r in refs:
             x = torch.cat(xs[r.name]).reshape(-1, r.weight2d().shape[1]).double()
-            new, _ = _plain_admm(r.weight2d(), 2.0 / x.shape[0] * x.T @ x, **kw)
+            extra = {"score": metric(x.pow(2).mean(0).float())} if metric is not None else {}
+            new, _ = _plain_admm(r.weight2d(), 2.0 / x.shape[0] * x.T @ x, **kw, **extra)
             r.weight2d().copy_(new.float())
     return model
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "2:4"])
-def test_admm_engine_equals_plain_sequential(structure):
+@pytest.mark.parametrize("metric", ["admm", "wanda"])
+def test_admm_engine_equals_plain_sequential(structure, metric):
+    """``--metric admm``, and ``--metric wanda --update admm-gradual`` (Wanda choosing each gradual mask per row)."""
     windows = random_windows(6, 24, seed=1)
     ours = tiny_llama(seed=2, hidden=160, inter=320)
     ref = tiny_llama(seed=2, hidden=160, inter=320)
-    res = prune(ours, plan=Plan(metric="admm", sparsity=0.5, structure=structure, batch_size=4), windows=windows,
-                keep_masks=True, progress=False)  # fmt: skip
-    _plain_sequential(ref, windows, **({"sparsity": 0.5} if structure == "unstructured" else {"nm": (2, 4)}))
+    plan = Plan(metric=metric, sparsity=0.5, structure=structure, batch_size=4,
+                update="admm-gradual" if metric == "wanda" else "none")  # fmt: skip
+    res = prune(ours, plan=plan, windows=windows, keep_masks=True, progress=False)
+    wanda = (lambda x_sq: (lambda v: meta_score(v, x_sq, WANDA))) if metric == "wanda" else None
+    _plain_sequential(ref, windows, wanda, **({"sparsity": 0.5} if structure == "unstructured" else {"nm": (2, 4)}))
     for a, b in zip(model_linears(ours), model_linears(ref)):
         for ra, rb in zip(a, b):
             wa, wb = ra.weight2d(), rb.weight2d()
@@ -180,6 +203,10 @@ def test_plan_and_method_names_and_bad_input():
     assert method_for(Plan(metric="sparsegpt", update="admm")).name == "sparsegpt+admm"
     with pytest.raises(ValueError, match="update must be"):
         Plan(update="lsq").validate()
+    assert method_for(Plan(metric="ria", update="admm-gradual")).name == "metric+admm-gradual"
+    for metric in ("magnitude", "sparsegpt", "expr:mul(W,X)"):
+        with pytest.raises(ValueError, match="admm-gradual re-chooses the mask by a row-scoped metric"):
+            Plan(metric=metric, update="admm-gradual").validate()
     stat = {"sum": torch.eye(8, dtype=torch.float64), "count": 10}
     stat["sum"][1, 2] = float("inf")
     with pytest.raises(FloatingPointError, match="NaN or inf"):
