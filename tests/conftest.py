@@ -90,6 +90,24 @@ class Killed(Exception):
     """Raised by ``kill_after``'s callback: a search interrupted as a kill would interrupt it."""
 
 
+def plain_sequential(model, windows: torch.Tensor, prune_linear) -> None:
+    """The sequential protocol of the SparseGPT/ADMM references, plainly: per block, run the whole model with hooks
+    collecting that block's linear inputs (earlier blocks already pruned), then ``prune_linear(ref, x)`` each linear
+    with its inputs ``x`` [tokens, in] in float64 (it writes the new weights)."""
+    from optishear.models import model_linears
+
+    for refs in model_linears(model):
+        xs = {r.name: [] for r in refs}
+        hooks = [r.module.register_forward_pre_hook(lambda mod, args, n=r.name: xs[n].append(args[0].detach()))
+                 for r in refs]  # fmt: skip
+        with torch.no_grad():
+            model(input_ids=windows, use_cache=False)
+        for h in hooks:
+            h.remove()
+        for r in refs:
+            prune_linear(r, torch.cat(xs[r.name]).reshape(-1, r.weight2d().shape[1]).double())
+
+
 def assert_same_model(got_state: dict, got_logits: torch.Tensor, model, ids: torch.Tensor) -> None:
     """A reloaded model is ``model``: every tensor of its state dict bit for bit, its logits on ``ids`` to float32
     rounding.

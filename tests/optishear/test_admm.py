@@ -18,7 +18,7 @@ from optishear.methods import AdmmMethod, SparseGPTUpdate, method_for
 from optishear.methods.admm import AdmmSolver, admm_prune
 from optishear.methods.obs import inverse_hessian, obs_prune
 from optishear.models import model_linears
-from tests.conftest import random_windows, tiny_llama
+from tests.conftest import plain_sequential, random_windows, tiny_llama
 
 
 def _plain_mask(v, frac, nm, score_fn=None, norm=None):
@@ -132,20 +132,12 @@ def test_fixed_mask_converges_to_the_least_squares_solution_and_beats_obs():
 
 
 def _plain_sequential(model, windows, metric=None, **kw):
-    for refs in model_linears(model):
-        xs = {r.name: [] for r in refs}
-        hooks = [r.module.register_forward_pre_hook(lambda mod, args, n=r.name: xs[n].append(args[0].detach()))
-                 for r in refs]  # fmt: skip
-        with torch.no_grad():
-            model(input_ids=windows, use_cache=False)
-        for h in hooks:
-            h.remove()
-        for r in refs:
-            x = torch.cat(xs[r.name]).reshape(-1, r.weight2d().shape[1]).double()
-            extra = {"score": metric(x.pow(2).mean(0).float())} if metric is not None else {}
-            new, _ = _plain_admm(r.weight2d(), 2.0 / x.shape[0] * x.T @ x, **kw, **extra)
-            r.weight2d().copy_(new.float())
-    return model
+    def one(r, x):
+        extra = {"score": metric(x.pow(2).mean(0).float())} if metric is not None else {}
+        new, _ = _plain_admm(r.weight2d(), 2.0 / x.shape[0] * x.T @ x, **kw, **extra)
+        r.weight2d().copy_(new.float())
+
+    plain_sequential(model, windows, one)
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "2:4"])

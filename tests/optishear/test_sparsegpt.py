@@ -18,7 +18,7 @@ from optishear.calibrate import HESSIAN
 from optishear.methods import SparseGPTUpdate, method_for
 from optishear.methods.obs import inverse_hessian, obs_prune, obs_prune_all
 from optishear.models import model_linears
-from tests.conftest import random_windows, tiny_gpt2, tiny_llama
+from tests.conftest import plain_sequential, random_windows, tiny_gpt2, tiny_llama
 
 
 def _plain_sparsegpt(W, H, *, sparsity=None, prune_n=0, m=0, mask=None, blocksize=128, percdamp=0.01):
@@ -132,25 +132,18 @@ def test_update_lowers_the_layer_error_for_any_mask():
 
 
 def _plain_sequential(model, windows, sparsity=None, nm=None):
-    """SparseGPT's sequential protocol, plainly: per block, run the model with hooks collecting that block's linear
-    inputs (earlier blocks already pruned), then prune each linear with ``_plain_sparsegpt``."""
-    linears = model_linears(model)
-    for refs in linears:
-        xs = {r.name: [] for r in refs}
-        hooks = [r.module.register_forward_pre_hook(lambda mod, args, n=r.name: xs[n].append(args[0].detach()))
-                 for r in refs]  # fmt: skip
-        with torch.no_grad():
-            model(input_ids=windows, use_cache=False)
-        for h in hooks:
-            h.remove()
-        for r in refs:
-            H, _ = _hessian(torch.cat(xs[r.name]))
-            w = r.weight2d()
-            if nm is None:
-                new, mask = _plain_sparsegpt(w, H, sparsity=sparsity)
-            else:
-                new, mask = _plain_sparsegpt(w, H, prune_n=nm[1] - nm[0], m=nm[1])
-            w.copy_(new.to(w.dtype))
+    """SparseGPT's sequential protocol, plainly (``plain_sequential``), each linear pruned by ``_plain_sparsegpt``."""
+
+    def one(r, x):
+        H, _ = _hessian(x)
+        w = r.weight2d()
+        if nm is None:
+            new, mask = _plain_sparsegpt(w, H, sparsity=sparsity)
+        else:
+            new, mask = _plain_sparsegpt(w, H, prune_n=nm[1] - nm[0], m=nm[1])
+        w.copy_(new.to(w.dtype))
+
+    plain_sequential(model, windows, one)
     return model
 
 
