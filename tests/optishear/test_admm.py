@@ -217,3 +217,20 @@ def test_plan_and_method_names_and_bad_input():
         with pytest.raises(ValueError, match="divisible by 4"):
             prune(model, plan=p, windows=random_windows(2, 16), progress=False)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_selections_equal_a_stable_sort(ties):
+    """The masks are chosen by selection (numpy's introselect on CPU), not by sorting: the same entries a stable sort
+    would take, ties at the k-th value by position, over the layer and per row."""
+    from optishear.methods.admm import _smallest, _smallest_rows
+
+    g = torch.Generator().manual_seed(7)
+    s = torch.randint(0, 5, (37, 96), generator=g).double() if ties else torch.randn(37, 96, generator=g).double()
+    for k in (0, 1, 17, 48, 96):
+        rows = torch.zeros_like(s, dtype=torch.bool)
+        rows.scatter_(1, torch.sort(s, dim=1, stable=True)[1][:, :k], True)
+        assert torch.equal(_smallest_rows(s, k), rows)
+        flat = torch.zeros(s.numel(), dtype=torch.bool)
+        flat[torch.sort(s.flatten(), stable=True)[1][: k * 37]] = True
+        assert torch.equal(_smallest(s.flatten(), k * 37), flat)
