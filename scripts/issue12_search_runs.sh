@@ -4,7 +4,8 @@
 # RUN names which searches to run (default: policy50 metric24): policy50 (metric + per-module sparsities, the
 # SparseGPT update), metric24 (metric at 2:4, the SparseGPT update), admm-modules50 (per-module sparsities with
 # ADMM's own mask and update), admm-metric24 (metric at 2:4, the ADMM update with the metric's mask fixed),
-# admm-gradual24 (metric at 2:4, ADMM's gradual pruning with the metric choosing each mask).
+# admm-gradual24 (metric at 2:4, ADMM's gradual pruning with the metric choosing each mask), admm-joint50 (metric
+# and per-module sparsities at 50%, ADMM's gradual pruning with the metric choosing each mask).
 # TAG is appended to every run's name (the README's 10 x 6 runs: `bash scripts/issue12_search_runs.sh 10 6 -10x6`), so
 # that a search of another size starts its own directory instead of resuming one with another plan.
 # Each search: statistics 32 x 512 from wiki.valid.raw (seed 0), dense statistics, KL on 4 x 256 prompts, candidates
@@ -36,6 +37,7 @@ for run in $RUNS; do
     admm-modules50) one admm-modules50 --space modules --metric admm --sparsity 0.5 --update admm ;;
     admm-metric24) one admm-metric24 --space metric --structure 2:4 --update admm ;;
     admm-gradual24) one admm-gradual24 --space metric --structure 2:4 --update admm-gradual ;;
+    admm-joint50) one admm-joint50 --space metric-modules --sparsity 0.5 --update admm-gradual ;;
     *) echo "unknown run $run"; exit 2 ;;
   esac
 done
