@@ -79,7 +79,8 @@ def cached_solver(stat: dict, name: str = "layer") -> AdmmSolver:
     return solver
 
 
-def _gradual_mask(score: torch.Tensor, frac: float, nm: tuple[int, int] | None, per_row: bool = False) -> torch.Tensor:
+def _gradual_mask(score: torch.Tensor, frac: float, nm: tuple[int, int] | None,
+                  per_row: bool = False) -> torch.Tensor:  # fmt: skip
     """True where pruned: the ``int(numel * frac)`` smallest scores over the layer (``per_row``: the ``int(in *
     frac)`` smallest of each row); with N:M only among each group's M - N smallest. Ties by position, for the same
     mask on every machine."""
@@ -114,18 +115,8 @@ def _smallest_rows(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """True at the ``k`` smallest entries of ``flat``: all below the k-th value, then those equal to it by position
-    (a selection in linear time, not a sort: it dominated the update's time)."""
-    if k <= 0:
-        return torch.zeros_like(flat, dtype=torch.bool)
-    if flat.device.type == "cpu":  # numpy's introselect: 10x faster than torch.kthvalue on CPU; the same value
-        thresh = flat.new_tensor(np.partition(flat.numpy(), k - 1)[k - 1])
-    else:
-        thresh = torch.kthvalue(flat, k).values
-    mask = flat < thresh
-    need = k - int(mask.sum())
-    mask[torch.nonzero(flat == thresh).squeeze(1)[:need]] = True
-    return mask
+    """True at the ``k`` smallest entries of ``flat`` (``_smallest_rows`` of one row)."""
+    return _smallest_rows(flat.reshape(1, -1), k).reshape(-1)
 
 
 def admm_prune(w: torch.Tensor, solver: AdmmSolver, *, sparsity: float | None = None,
