@@ -1,7 +1,7 @@
 """The symbolic search's GP replayed over many optimizer seeds at the cost of the trees no seed has scored yet.
 
     python bench/gp_simulate.py --cache bench/gp_trees_50.jsonl --seeds 0 1 2 3 4 --until 85 [--init-mutants 0.5]
-        [--prefill RUN ..] [--structure 2:4] [--gradients DIR]
+        [--survival plus] [--prefill RUN ..] [--structure 2:4] [--gradients DIR]
 
 A tree's objective is deterministic (the search's windows and statistics with ``--seed 0``), so a search is its
 optimizer's trajectory over one function: ``GPOptimizer`` with ``--search-seed S`` asks, each asked tree is answered
@@ -124,6 +124,7 @@ def main(argv=None) -> None:
     ap.add_argument("--structure", default="unstructured")
     ap.add_argument("--gradients", default=None, help="a directory of gradient statistics (<run>/gradients)")
     ap.add_argument("--init-mutants", type=float, default=None)
+    ap.add_argument("--survival", default=None, help="the GP's survival (--tree-survival): generational, plus")
     ap.add_argument("--p-crossover", type=float, default=None)
     ap.add_argument("--p-subtree", type=float, default=None)
     ap.add_argument("--p-point", type=float, default=None)
@@ -132,6 +133,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = search_config(args, "symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
                         tree_operators=args.tree_operators, tree_init_mutants=args.init_mutants or 0.0,
+                        tree_survival=args.survival or "generational",
                         validate_top=0)  # fmt: skip
     oracle = Oracle(args, cfg)
     oracle.prefill(args.prefill)
@@ -139,6 +141,8 @@ def main(argv=None) -> None:
     setting = {"pop_size": args.pop_size, "tree_size": args.tree_size, "tree_operators": args.tree_operators, **knobs}
     if args.init_mutants is not None:  # the key the sims were recorded under
         setting["init_mutants"] = args.init_mutants
+    if args.survival is not None:
+        setting["survival"] = args.survival
     out = Path(str(args.cache) + ".sim.jsonl")
     for s in args.seeds:
         t0 = time.perf_counter()

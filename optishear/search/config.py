@@ -14,6 +14,7 @@ SPACES = ("metric", "blocks", "joint", "metric-then-blocks", "modules", "metric-
 ROW_METRIC_SPACES = ("metric", "symbolic")  # spaces that search the metric only (any structure, fixed blocks)
 OPERATORS = ("ga", "llm")
 TREE_OPERATORS = ("pruner-zero", "relative")
+TREE_SURVIVALS = ("generational", "plus")  # the symbolic GP's survival (symbolic.GPOptimizer)
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -76,6 +77,9 @@ class SearchConfig:
         tree_init_mutants: the fraction of the symbolic search's first generation, beyond its seeds, made of one
             mutation of a seed (point and subtree mutation alternating, round-robin over the seeds); the rest are
             ramped half-and-half trees. 0 (the default): Pruner-Zero's initialisation, every non-seed tree random.
+        tree_survival: the symbolic GP's survival: ``generational`` (the default: each generation replaces the
+            last but for ``elitism`` trees) or ``plus``: (mu + lambda), the parents are the best distinct trees so
+            far and every child is new to the run, as in the meta-metric search's GA (``symbolic.GPOptimizer``).
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
@@ -117,6 +121,9 @@ class SearchConfig:
     tree_init_mutants: float = opt(0.0, type=float, help="symbolic space: fraction of the first generation, "
                                    "beyond the seeds, made of one mutation of a seed (0: all ramped "
                                    "half-and-half)")  # fmt: skip
+    tree_survival: str = opt("generational", choices=TREE_SURVIVALS, type=str,
+                             help="symbolic space: generational (elitism 2), or plus: the best trees so far breed "
+                             "and every child is a tree not yet scored")  # fmt: skip
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
@@ -149,6 +156,8 @@ class SearchConfig:
             _nonneg_int(self.search_seed, "search_seed")
         if not 0.0 <= self.tree_init_mutants <= 1.0:
             raise ValueError(f"tree_init_mutants is a fraction in [0, 1], got {self.tree_init_mutants}")
+        if self.tree_survival not in TREE_SURVIVALS:
+            raise ValueError(f"tree_survival must be one of {TREE_SURVIVALS}, got {self.tree_survival!r}")
         if self.tree_operators not in TREE_OPERATORS:
             raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
         if self.space == "structured":

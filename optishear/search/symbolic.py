@@ -20,6 +20,12 @@ release), on the search package's ask/tell interface.
   over ``max_size`` nodes is replaced by its parent (the size limit against bloat);
 - fitness: the trial's objective (lower is better); a failed trial (NaN or infinite scores) is infeasible.
 
+With ``survival="plus"`` (``--tree-survival plus``) the loop is the (mu + lambda) form the meta-metric search's
+pymoo GA has: the parents of each generation are the ``pop_size`` best distinct trees evaluated so far (not the last
+generation with ``elitism`` of them), and every child is new to the run: a child that repeats a tree already asked
+(or one asked in the same generation) is mutated again, point then subtree alternating, up to ``retries`` times, so
+that a generation spends its ``pop_size`` trials on trees never scored instead of on copies the trial log answers.
+
 Everything random comes from one ``random.Random(seed)``, and a tell depends only on the objectives told, so the same
 seed gives the same search, and a resumed search (whose trials are read back from the log) replays it exactly.
 
@@ -39,10 +45,11 @@ from optishear_kernels import PRUNER_ZERO, Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, BINARY, OPERATORS, RELATIVE, TERMINALS, random_tree
 
 from ..methods.expression import expression_plan_metric
-from .config import SearchConfig
+from .config import TREE_SURVIVALS, SearchConfig
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
 RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
+SURVIVALS = TREE_SURVIVALS  # GPOptimizer's survival (SearchConfig.tree_survival)
 OPERATOR_SETS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}  # by SearchConfig.tree_operators
 
 
@@ -98,15 +105,24 @@ class GPOptimizer:
         tournament, p_crossover, p_subtree, p_point, elitism, init_depth, init_mutants: the GP's settings (module
             docstring).
         operators: the operators random trees and point mutations draw from (``OPERATOR_SETS``).
+        survival: ``"generational"`` (the default) or ``"plus"`` (module docstring); ``retries``: the plus loop's
+            attempts to make a repeated child new.
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
                  seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
                  p_subtree: float = 0.15, p_point: float = 0.1, elitism: int = 2,
                  init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
-                 operators: tuple[str, ...] = OPERATORS):  # fmt: skip
+                 operators: tuple[str, ...] = OPERATORS, survival: str = "generational",
+                 retries: int = 20):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
+        if survival not in SURVIVALS:
+            raise ValueError(f"survival must be one of {SURVIVALS}, got {survival!r}")
+        self.survival = survival
+        self.retries = retries
+        self.asked: set[Expr] = set()  # every tree asked in this run (the plus loop's children are new to it)
+        self.survivors: list[tuple[Expr, float]] = []  # the plus loop's parents, best first
         self.space = space
         self.pop_size = pop_size
         self.generations = generations
@@ -197,7 +213,36 @@ class GPOptimizer:
         return self.generation < self.generations
 
     def ask(self) -> list[Expr]:
+        self.asked.update(self.pop)
         return list(self.pop)
+
+    def _new_child(self, batch: set[Expr]) -> Expr:
+        """A child (``_child``) that is neither asked before nor in ``batch``, re-mutated until it is (or
+        ``retries`` attempts have been made: then it is kept as it is, and the trial log answers it)."""
+        child = self._child()
+        for k in range(self.retries):
+            if child not in self.asked and child not in batch:
+                break
+            m = canonical(self._point(child) if k % 2 == 0 else self._subtree(child))
+            child = m if m.size <= self.max_size else child
+        return child
+
+    def _tell_plus(self, f: list[float]) -> None:
+        merged = {t: v for t, v in self.survivors}
+        for t, v in zip(self.pop, f):
+            merged.setdefault(t, v)
+        ranked = sorted(merged.items(), key=lambda tv: (tv[1], tv[0].text))
+        finite = [tv for tv in ranked if math.isfinite(tv[1])]
+        self.survivors = (finite if len(finite) >= 2 else ranked)[: self.pop_size]
+        self.pop = [t for t, _ in self.survivors]  # the parents _select draws from
+        self.fitness = [v for _, v in self.survivors]
+        nxt: list[Expr] = []
+        batch: set[Expr] = set()
+        while len(nxt) < self.pop_size:
+            child = self._new_child(batch)
+            batch.add(child)
+            nxt.append(child)
+        self.pop = nxt
 
     def tell(self, objectives: np.ndarray, feasible: np.ndarray) -> None:
         f = [float(o[0]) if ok and math.isfinite(float(o[0])) else math.inf
@@ -209,6 +254,8 @@ class GPOptimizer:
         self.generation += 1
         if not self.has_next():
             return
+        if self.survival == "plus":
+            return self._tell_plus(f)
         order = sorted(range(len(self.pop)), key=lambda j: (f[j], self.pop[j].text))
         nxt, seen = [], set()
         for j in order:
@@ -235,7 +282,7 @@ def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptim
     relative = cfg.tree_operators == "relative"
     return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                        max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
-                       init_mutants=cfg.tree_init_mutants, seeds=SEEDS + (RIA_TREE,) if relative else SEEDS,
+                       init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival, seeds=SEEDS + (RIA_TREE,) if relative else SEEDS,
                        **settings)  # fmt: skip
 
 
@@ -249,4 +296,5 @@ def symbolic_stage(cfg: SearchConfig, runner):
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS",
+           "SURVIVALS"]

@@ -121,9 +121,46 @@ def test_init_mutants_start_next_to_the_seeds():
 def test_a_run_made_before_init_mutants_resumes_as_zero():
     """A manifest without ``tree_init_mutants`` (runs before the option) compares as 0.0, what those runs did."""
     old = {"config": {"space": "symbolic", "generations": 4}}
-    assert manifest_differences(old, {"config": {**old["config"], "tree_init_mutants": 0.0}}) == []
-    diffs = manifest_differences(old, {"config": {**old["config"], "tree_init_mutants": 0.5}})
+    new = {**old["config"], "tree_survival": "generational"}  # a later field, at the value of those runs
+    assert manifest_differences(old, {"config": {**new, "tree_init_mutants": 0.0}}) == []
+    diffs = manifest_differences(old, {"config": {**new, "tree_init_mutants": 0.5}})
     assert diffs == ["config.tree_init_mutants: 0.0 -> 0.5"]
+
+
+def test_plus_survival_breeds_from_the_best_so_far_and_asks_only_new_trees():
+    """``survival="plus"``: every asked tree is new to the run, and the parents after each tell are the best distinct
+    trees told so far (infeasible ones last); deterministic, and another search than the generational one."""
+    fitness = lambda t: abs(t.size - 9) + len(t.text) / 1000  # noqa: E731
+    space = SymbolicSpace("symbolic", _cfg(), 3)
+    opt = GPOptimizer(space, pop_size=12, generations=6, seed=2, max_size=15, survival="plus")
+    told: dict[str, float] = {}
+    asked = []
+    while opt.has_next():
+        X = opt.ask()
+        texts = [t.text for t in X]
+        assert len(set(texts)) == len(texts) and not set(texts) & set(told), "a repeated tree was asked"
+        asked.append(texts)
+        ok = np.array([not t.startswith("exp") for t in texts])
+        for t, good in zip(texts, ok):
+            told[t] = fitness(parse_expr(t)) if good else float("inf")
+        opt.tell(np.array([[fitness(t)] for t in X]), ok)
+        if opt.has_next():
+            best = sorted((v, t) for t, v in told.items() if np.isfinite(v))[:12]
+            assert [(v, t.text) for t, v in opt.survivors] == best
+    assert len(asked) == 6 and sum(map(len, asked)) == 72
+    assert opt.front()[0][1][0] == min(told.values())
+    _, again = _gp(pop=12, gens=6, seed=2, fitness=fitness, survival="plus")
+    _, generational = _gp(pop=12, gens=6, seed=2, fitness=fitness)
+    assert again[0] == generational[0] and again[1:] != generational[1:]  # the same first generation
+    with pytest.raises(ValueError, match="survival"):
+        GPOptimizer(space, survival="comma")
+    with pytest.raises(ValueError, match="tree_survival"):
+        _cfg(tree_survival="comma").validate()
+    old = {"config": {"space": "symbolic", "generations": 4}}  # a run made before the option: generational
+    new = {**old["config"], "tree_init_mutants": 0.0}
+    assert manifest_differences(old, {"config": {**new, "tree_survival": "generational"}}) == []
+    assert manifest_differences(old, {"config": {**new, "tree_survival": "plus"}}) == [
+        'config.tree_survival: "generational" -> "plus"']  # fmt: skip
 
 
 def test_gp_improves_a_fitness_it_can_see():
@@ -167,8 +204,9 @@ def test_symbolic_search_with_relative_operators_replays(tmp_path):
     assert replay.mask_digest == recipe["mask_digest"]
 
 
-def test_symbolic_kill_and_resume_equals_an_uninterrupted_run_and_reloads_gradients(tmp_path, monkeypatch):
-    cfg = _cfg(generations=4, structure="2:4")
+@pytest.mark.parametrize("survival", ["generational", "plus"])
+def test_symbolic_kill_and_resume_equals_an_uninterrupted_run_and_reloads_gradients(tmp_path, monkeypatch, survival):
+    cfg = _cfg(generations=4, structure="2:4", tree_survival=survival)
     full = _run(tmp_path, "full", cfg)
     with pytest.raises(Killed):
         _run(tmp_path, "cut", cfg, on_trial=kill_after(9))
