@@ -49,7 +49,6 @@ from .config import TREE_SURVIVALS, SearchConfig
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
 RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
-SURVIVALS = TREE_SURVIVALS  # GPOptimizer's survival (SearchConfig.tree_survival)
 OPERATOR_SETS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}  # by SearchConfig.tree_operators
 
 
@@ -117,8 +116,8 @@ class GPOptimizer:
                  retries: int = 20):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
-        if survival not in SURVIVALS:
-            raise ValueError(f"survival must be one of {SURVIVALS}, got {survival!r}")
+        if survival not in TREE_SURVIVALS:
+            raise ValueError(f"survival must be one of {TREE_SURVIVALS}, got {survival!r}")
         self.survival = survival
         self.retries = retries
         self.asked: set[Expr] = set()  # every tree asked in this run (the plus loop's children are new to it)
@@ -282,8 +281,8 @@ def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptim
     relative = cfg.tree_operators == "relative"
     return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                        max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
-                       init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival, seeds=SEEDS + (RIA_TREE,) if relative else SEEDS,
-                       **settings)  # fmt: skip
+                       init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival,
+                       seeds=SEEDS + (RIA_TREE,) if relative else SEEDS, **settings)  # fmt: skip
 
 
 def symbolic_stage(cfg: SearchConfig, runner):
@@ -296,5 +295,4 @@ def symbolic_stage(cfg: SearchConfig, runner):
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS",
-           "SURVIVALS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]
