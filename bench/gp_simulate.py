@@ -35,7 +35,7 @@ try:
 except ImportError:  # run as a script: its own directory is on the path
     from exhaustive_metric import rewrite_jsonl, search_config, trial_runner
 
-GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "tournament", "elitism")  # GPOptimizer settings not in SearchConfig
+GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "p_insert", "p_shrink", "tournament", "elitism")  # GPOptimizer settings not in SearchConfig
 
 
 class Oracle:
@@ -128,6 +128,8 @@ def main(argv=None) -> None:
     ap.add_argument("--p-crossover", type=float, default=None)
     ap.add_argument("--p-subtree", type=float, default=None)
     ap.add_argument("--p-point", type=float, default=None)
+    ap.add_argument("--p-insert", type=float, default=None)
+    ap.add_argument("--p-shrink", type=float, default=None)
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
     args = ap.parse_args(argv)

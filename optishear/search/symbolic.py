@@ -10,13 +10,17 @@ release), on the search package's ask/tell interface.
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
   Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
   RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then, with ``init_mutants`` f > 0, ``round(f * (pop_size -
-  seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
+  seeds))`` trees one mutation away from a seed (point, then insertion and shrink if their probabilities are not 0,
+  then subtree mutation, each round over the seeds in order),
   then ramped half-and-half trees of depth 2 to 4 (grow and full alternating over the depths), each simplified to its
   canonical form, duplicates and trees over ``max_size`` redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
   tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
   node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for
-  another of the same arity, a terminal for another terminal), else a copy; every child is simplified, and a child
+  another of the same arity, a terminal for another terminal), insertion (``p_insert``, 0 by default: a new operator
+  put above a node below the root, the node its argument, a binary operator's other argument a random terminal;
+  DEAP's ``mutInsert``), shrink (``p_shrink``, 0 by default: an operator node replaced by one of its arguments;
+  DEAP's ``mutShrink``), else a copy; every child is simplified, and a child
   over ``max_size`` nodes is replaced by its parent (the size limit against bloat);
 - fitness: the trial's objective (lower is better); a failed trial (NaN or infinite scores) is infeasible.
 
@@ -110,7 +114,8 @@ class GPOptimizer:
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
                  seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
-                 p_subtree: float = 0.15, p_point: float = 0.1, elitism: int = 2,
+                 p_subtree: float = 0.15, p_point: float = 0.1, p_insert: float = 0.0, p_shrink: float = 0.0,
+                 elitism: int = 2,
                  init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
                  operators: tuple[str, ...] = OPERATORS, survival: str = "generational",
                  retries: int = 20):  # fmt: skip
@@ -129,6 +134,11 @@ class GPOptimizer:
         self.max_size = max_size
         self.tournament = tournament
         self.p_crossover, self.p_subtree, self.p_point = p_crossover, p_subtree, p_point
+        self.p_insert, self.p_shrink = p_insert, p_shrink
+        probs = {"p_crossover": p_crossover, "p_subtree": p_subtree, "p_point": p_point, "p_insert": p_insert,
+                 "p_shrink": p_shrink}  # fmt: skip
+        if min(probs.values()) < 0 or sum(probs.values()) > 1 + 1e-9:
+            raise ValueError(f"the GP's operator probabilities must be >= 0 and sum to at most 1, got {probs}")
         self.elitism = elitism
         self.operators = tuple(operators)
         self.unary = tuple(o for o in self.operators if ARITY[o] == 1)
@@ -148,9 +158,11 @@ class GPOptimizer:
                 pop.append(t)
                 seen.add(t)
 
-        def mutant(i):  # point, then subtree mutation, each round over the seeds in order
-            seed = seeds[i % len(seeds)]
-            return self._point(seed) if (i // len(seeds)) % 2 == 0 else self._subtree(seed)
+        kinds = [self._point] + [self._insert] * (self.p_insert > 0) + [self._shrink] * (self.p_shrink > 0)
+        kinds.append(self._subtree)
+
+        def mutant(i):  # point, [insert, shrink,] then subtree mutation, each round over the seeds in order
+            return kinds[(i // len(seeds)) % len(kinds)](seeds[i % len(seeds)])
 
         depths = list(range(depth[0], depth[1] + 1))
 
@@ -193,15 +205,36 @@ class GPOptimizer:
         op = self.rng.choice([o for o in pool if o != node.op])
         return _replace(a, pa, Expr(op, node.args))
 
+    def _insert(self, a: Expr) -> Expr:
+        paths = list(_paths(a))
+        pa, node = self.rng.choice(paths[1:] or paths)  # not above the root: a root that is kept ranks as before
+        op = self.rng.choice(self.operators)
+        if ARITY[op] == 1:
+            return _replace(a, pa, Expr(op, (node,)))
+        other = Expr(self.rng.choice(TERMINALS), ())
+        return _replace(a, pa, Expr(op, (node, other) if self.rng.random() < 0.5 else (other, node)))
+
+    def _shrink(self, a: Expr) -> Expr:
+        inner = [(p, n) for p, n in _paths(a) if n.args]
+        if not inner:
+            return a
+        pa, node = self.rng.choice(inner)
+        return _replace(a, pa, self.rng.choice(node.args))
+
     def _child(self) -> Expr:
         r = self.rng.random()
         parent = self._select()
-        if r < self.p_crossover:
+        edges = np.cumsum([self.p_crossover, self.p_subtree, self.p_point, self.p_insert, self.p_shrink])
+        if r < edges[0]:
             child = self._crossover(parent, self._select())
-        elif r < self.p_crossover + self.p_subtree:
+        elif r < edges[1]:
             child = self._subtree(parent)
-        elif r < self.p_crossover + self.p_subtree + self.p_point:
+        elif r < edges[2]:
             child = self._point(parent)
+        elif r < edges[3]:
+            child = self._insert(parent)
+        elif r < edges[4]:
+            child = self._shrink(parent)
         else:
             return parent
         child = canonical(child)

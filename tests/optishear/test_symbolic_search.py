@@ -163,6 +163,66 @@ def test_plus_survival_breeds_from_the_best_so_far_and_asks_only_new_trees():
         'config.tree_survival: "generational" -> "plus"']  # fmt: skip
 
 
+def _at(tree: Expr, path):
+    for i in path:
+        tree = tree.args[i]
+    return tree
+
+
+def _insert_mutants(tree: Expr, operators) -> set[Expr]:
+    """Every canonical tree one insertion away from ``tree`` (below the root; all operators, all terminals)."""
+    out = set()
+    for path, node in list(_paths(tree))[1:]:
+        for op in operators:
+            news = [Expr(op, (node,))] if ARITY[op] == 1 else [
+                Expr(op, pair) for t in TERMINALS for pair in ((node, Expr(t, ())), (Expr(t, ()), node))]  # fmt: skip
+            out |= {canonical(_replace(tree, path, n)) for n in news}
+    return out
+
+
+def test_insert_and_shrink_mutations_are_one_node_moves():
+    """``_insert`` puts a new operator above one node below the root (the node one of its arguments, a binary's other
+    argument a terminal); ``_shrink`` replaces one operator node by one of its arguments. Off by default: the GP with
+    ``p_insert = p_shrink = 0`` asks what it asked before them; on, its children include such moves; probabilities
+    that sum above 1 are refused."""
+    opt = GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), seed=3, operators=OPERATOR_SETS["relative"])
+    for text in ("mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))", "mul(W,sqrt(X))", "W"):
+        tree = parse_expr(text)
+        for _ in range(40):
+            ins = opt._insert(tree)
+            hits = [p for p, n in _paths(ins) if n.args and (p or tree.size == 1) and any(
+                _replace(ins, p, a) == tree for a in n.args)]  # fmt: skip
+            assert hits, (text, ins.text)
+            p = hits[0]
+            assert ins.size == tree.size + ARITY[_at(ins, p).op]
+            assert all(a == _at(tree, p) or (not a.args and a.op in TERMINALS) for a in _at(ins, p).args)
+            shr = opt._shrink(tree)
+            if tree.size == 1:
+                assert shr == tree
+            else:
+                assert shr.size < tree.size and any(
+                    _replace(tree, p, a) == shr for p, n in _paths(tree) if n.args for a in n.args)  # fmt: skip
+    _, plain = _gp(seed=5)
+    _, zero = _gp(seed=5, p_insert=0.0, p_shrink=0.0)
+    assert zero == plain
+    _, local = _gp(seed=5, p_crossover=0.0, p_subtree=0.0, p_point=0.0, p_insert=0.5, p_shrink=0.5)
+    assert local[0] == plain[0] and local[1:] != plain[1:]  # the same first generation, other children
+    # with insertion on, the first generation's second round of mutants (after the point mutants) is insertions
+    space, ops = SymbolicSpace("symbolic", _cfg(), 3), OPERATOR_SETS["relative"]
+    seeds = [canonical(parse_expr(s)) for s in SEEDS + (RIA_TREE,)]
+    pop = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
+                      init_mutants=1.0, p_crossover=0.5, p_insert=0.15).ask()  # fmt: skip
+    point = set().union(*(_point_mutants(s, ops) for s in seeds))
+    inserted = set().union(*(_insert_mutants(s, ops) for s in seeds)) - point  # some are both
+    before = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
+                         init_mutants=1.0).ask()  # fmt: skip
+    assert len(set(pop[5:]) & inserted) >= 3 and len(set(before[5:]) & inserted) <= 1  # (many fold to point mutants)
+    with pytest.raises(ValueError, match="operator probabilities"):
+        GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), p_insert=0.3)  # 0.7 + 0.15 + 0.1 + 0.3 > 1
+    with pytest.raises(ValueError, match="operator probabilities"):
+        GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), p_shrink=-0.1)
+
+
 def test_gp_improves_a_fitness_it_can_see():
     """A fitness that rewards trees close to a target in size selects towards it."""
     target = 9
