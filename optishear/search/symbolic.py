@@ -10,8 +10,7 @@ release), on the search package's ask/tell interface.
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
   Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
   RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then, with ``init_mutants`` f > 0, ``round(f * (pop_size -
-  seeds))`` trees one mutation away from a seed (point, then insertion and shrink if their probabilities are not 0,
-  then subtree mutation, each round over the seeds in order),
+  seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
   then ramped half-and-half trees of depth 2 to 4 (grow and full alternating over the depths), each simplified to its
   canonical form, duplicates and trees over ``max_size`` redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
@@ -158,11 +157,9 @@ class GPOptimizer:
                 pop.append(t)
                 seen.add(t)
 
-        kinds = [self._point] + [self._insert] * (self.p_insert > 0) + [self._shrink] * (self.p_shrink > 0)
-        kinds.append(self._subtree)
-
-        def mutant(i):  # point, [insert, shrink,] then subtree mutation, each round over the seeds in order
-            return kinds[(i // len(seeds)) % len(kinds)](seeds[i % len(seeds)])
+        def mutant(i):  # point, then subtree mutation, each round over the seeds in order
+            seed = seeds[i % len(seeds)]
+            return self._point(seed) if (i // len(seeds)) % 2 == 0 else self._subtree(seed)
 
         depths = list(range(depth[0], depth[1] + 1))
 

@@ -169,17 +169,6 @@ def _at(tree: Expr, path):
     return tree
 
 
-def _insert_mutants(tree: Expr, operators) -> set[Expr]:
-    """Every canonical tree one insertion away from ``tree`` (below the root; all operators, all terminals)."""
-    out = set()
-    for path, node in list(_paths(tree))[1:]:
-        for op in operators:
-            news = [Expr(op, (node,))] if ARITY[op] == 1 else [
-                Expr(op, pair) for t in TERMINALS for pair in ((node, Expr(t, ())), (Expr(t, ()), node))]  # fmt: skip
-            out |= {canonical(_replace(tree, path, n)) for n in news}
-    return out
-
-
 def test_insert_and_shrink_mutations_are_one_node_moves():
     """``_insert`` puts a new operator above one node below the root (the node one of its arguments, a binary's other
     argument a terminal); ``_shrink`` replaces one operator node by one of its arguments. Off by default: the GP with
@@ -207,16 +196,6 @@ def test_insert_and_shrink_mutations_are_one_node_moves():
     assert zero == plain
     _, local = _gp(seed=5, p_crossover=0.0, p_subtree=0.0, p_point=0.0, p_insert=0.5, p_shrink=0.5)
     assert local[0] == plain[0] and local[1:] != plain[1:]  # the same first generation, other children
-    # with insertion on, the first generation's second round of mutants (after the point mutants) is insertions
-    space, ops = SymbolicSpace("symbolic", _cfg(), 3), OPERATOR_SETS["relative"]
-    seeds = [canonical(parse_expr(s)) for s in SEEDS + (RIA_TREE,)]
-    pop = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
-                      init_mutants=1.0, p_crossover=0.5, p_insert=0.15).ask()  # fmt: skip
-    point = set().union(*(_point_mutants(s, ops) for s in seeds))
-    inserted = set().union(*(_insert_mutants(s, ops) for s in seeds)) - point  # some are both
-    before = GPOptimizer(space, pop_size=20, seed=4, max_size=17, operators=ops, seeds=SEEDS + (RIA_TREE,),
-                         init_mutants=1.0).ask()  # fmt: skip
-    assert len(set(pop[5:]) & inserted) >= 3 and len(set(before[5:]) & inserted) <= 1  # (many fold to point mutants)
     with pytest.raises(ValueError, match="operator probabilities"):
         GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), p_insert=0.3)  # 0.7 + 0.15 + 0.1 + 0.3 > 1
     with pytest.raises(ValueError, match="operator probabilities"):
