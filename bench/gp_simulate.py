@@ -35,7 +35,8 @@ try:
 except ImportError:  # run as a script: its own directory is on the path
     from exhaustive_metric import rewrite_jsonl, search_config, trial_runner
 
-GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "p_insert", "p_shrink", "tournament", "elitism")  # GPOptimizer settings not in SearchConfig
+# GPOptimizer settings not in SearchConfig
+GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "p_insert", "p_shrink", "tournament", "elitism")
 
 
 class Oracle:
