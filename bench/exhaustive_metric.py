@@ -18,6 +18,7 @@ generations as the README's metric searches, where ``optishear search`` defaults
 table instead of pruning: the objective of a class is deterministic, so this is the search's trajectory without its
 cost. For each optimizer seed: the number of
 distinct classes evaluated until the exhaustive optimum first appears (``<table>.sim.jsonl``).
+``--eliminate-duplicates`` replays the search with that flag (its lines are marked and ``compare`` leaves them out).
 ``compare``: the best objective after ``--at`` distinct evaluations, the simulated metric searches (each optimizer
 seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``) and the GP's
 simulated runs (``bench/gp_simulate.py``, one group per GP setting), seed by seed and the median; the question of
@@ -123,7 +124,8 @@ def cmd_ppl(args) -> None:
     runner.close()
 
 
-def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int = 15, eta: float = 5.0) -> dict:
+def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int = 15, eta: float = 5.0,
+             eliminate_duplicates: bool = False) -> dict:
     """The metric search's optimizer answered from ``table``; the order in which classes are first evaluated."""
     from optishear import Plan
     from optishear.search import SearchConfig
@@ -133,9 +135,10 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
     by_class = {tuple(r["class"]): r["objective"] for r in table if r["status"] == "ok"}
     best = min(by_class.values())
     cfg = SearchConfig(plan=Plan(seed=seed, stats="dense"), space="metric", pop_size=pop_size, generations=generations,
-                       mutation_eta=eta)  # fmt: skip
+                       mutation_eta=eta, eliminate_duplicates=eliminate_duplicates)  # fmt: skip
     space = VectorSpace("metric", cfg, [1], True, False, "wanda")
-    opt = PymooOptimizer(space, pop_size=pop_size, generations=generations, mutation_eta=eta, seed=seed)
+    opt = PymooOptimizer(space, pop_size=pop_size, generations=generations, mutation_eta=eta, seed=seed,
+                         eliminate_duplicates=eliminate_duplicates)  # fmt: skip
     order: list[tuple] = []
     curve: list[float] = []  # the best objective after each distinct evaluation
     trials = 0
@@ -162,12 +165,15 @@ def simulate(table: list[dict], seed: int, pop_size: int = 20, generations: int 
 def cmd_simulate(args) -> None:
     table = read_jsonl(Path(args.table))
     out = Path(str(args.table) + ".sim.jsonl")
-    setting = (args.pop_size, args.generations, args.eta)
+    setting = (args.pop_size, args.generations, args.eta, args.eliminate_duplicates)
     kept = [r for r in read_jsonl(out)
-            if (r["pop_size"], r["generations"], r["eta"]) != setting or r["seed"] not in args.seeds]
+            if (r["pop_size"], r["generations"], r["eta"], r.get("eliminate_duplicates", False)) != setting
+            or r["seed"] not in args.seeds]  # fmt: skip
     for s in args.seeds:  # a seed simulated again replaces its line (the simulation is deterministic)
-        r = simulate(table, s, args.pop_size, args.generations, args.eta)
+        r = simulate(table, s, args.pop_size, args.generations, args.eta, args.eliminate_duplicates)
         r.update(pop_size=args.pop_size, generations=args.generations, eta=args.eta)
+        if args.eliminate_duplicates:  # lines without the key are the default's
+            r["eliminate_duplicates"] = True
         kept.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), file=sys.stderr)
     rewrite_jsonl(out, kept)
@@ -200,7 +206,7 @@ def best_at(curve: list[float], k: int) -> float | None:
 def cmd_compare(args) -> None:
     sims = [s for s in read_jsonl(Path(str(args.table) + ".sim.jsonl"))
             if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s
-            and (not args.seeds or s["seed"] in args.seeds)]  # fmt: skip
+            and not s.get("eliminate_duplicates") and (not args.seeds or s["seed"] in args.seeds)]  # fmt: skip
     rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
             for s in sims]  # fmt: skip
     rows += [{"name": str(r), "kind": "run", "curve": run_curve(Path(r))} for r in args.runs]
@@ -285,6 +291,7 @@ def main(argv=None) -> None:
     s.add_argument("--pop-size", type=int, default=20)
     s.add_argument("--generations", type=int, default=15)
     s.add_argument("--eta", type=float, default=5.0)
+    s.add_argument("--eliminate-duplicates", action="store_true", help="the search's --eliminate-duplicates")
     r = sub.add_parser("report")
     r.add_argument("--table", required=True)
     r.add_argument("--top", type=int, default=20)
