@@ -204,7 +204,7 @@ class GPOptimizer:
 
     def _insert(self, a: Expr) -> Expr:
         paths = list(_paths(a))
-        pa, node = self.rng.choice(paths[1:] or paths)  # not above the root: a root that is kept ranks as before
+        pa, node = self.rng.choice(paths[1:] or paths)  # not above the root: a unary op there mostly keeps the order
         op = self.rng.choice(self.operators)
         if ARITY[op] == 1:
             return _replace(a, pa, Expr(op, (node,)))
