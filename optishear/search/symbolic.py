@@ -132,12 +132,11 @@ class GPOptimizer:
         self.rng = random.Random(seed)
         self.max_size = max_size
         self.tournament = tournament
-        self.p_crossover, self.p_subtree, self.p_point = p_crossover, p_subtree, p_point
-        self.p_insert, self.p_shrink = p_insert, p_shrink
         probs = {"p_crossover": p_crossover, "p_subtree": p_subtree, "p_point": p_point, "p_insert": p_insert,
                  "p_shrink": p_shrink}  # fmt: skip
         if min(probs.values()) < 0 or sum(probs.values()) > 1 + 1e-9:
             raise ValueError(f"the GP's operator probabilities must be >= 0 and sum to at most 1, got {probs}")
+        self._edges = np.cumsum(list(probs.values()))  # _child's draw: crossover, subtree, point, insert, shrink
         self.elitism = elitism
         self.operators = tuple(operators)
         self.unary = tuple(o for o in self.operators if ARITY[o] == 1)
@@ -221,7 +220,7 @@ class GPOptimizer:
     def _child(self) -> Expr:
         r = self.rng.random()
         parent = self._select()
-        edges = np.cumsum([self.p_crossover, self.p_subtree, self.p_point, self.p_insert, self.p_shrink])
+        edges = self._edges
         if r < edges[0]:
             child = self._crossover(parent, self._select())
         elif r < edges[1]:

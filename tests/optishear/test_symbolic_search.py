@@ -163,12 +163,6 @@ def test_plus_survival_breeds_from_the_best_so_far_and_asks_only_new_trees():
         'config.tree_survival: "generational" -> "plus"']  # fmt: skip
 
 
-def _at(tree: Expr, path):
-    for i in path:
-        tree = tree.args[i]
-    return tree
-
-
 def test_insert_and_shrink_mutations_are_one_node_moves():
     """``_insert`` puts a new operator above one node below the root (the node one of its arguments, a binary's other
     argument a terminal); ``_shrink`` replaces one operator node by one of its arguments. Off by default: the GP with
@@ -182,9 +176,9 @@ def test_insert_and_shrink_mutations_are_one_node_moves():
             hits = [p for p, n in _paths(ins) if n.args and (p or tree.size == 1) and any(
                 _replace(ins, p, a) == tree for a in n.args)]  # fmt: skip
             assert hits, (text, ins.text)
-            p = hits[0]
-            assert ins.size == tree.size + ARITY[_at(ins, p).op]
-            assert all(a == _at(tree, p) or (not a.args and a.op in TERMINALS) for a in _at(ins, p).args)
+            new, old = dict(_paths(ins))[hits[0]], dict(_paths(tree))[hits[0]]
+            assert ins.size == tree.size + ARITY[new.op]
+            assert all(a == old or (not a.args and a.op in TERMINALS) for a in new.args)
             shr = opt._shrink(tree)
             if tree.size == 1:
                 assert shr == tree
