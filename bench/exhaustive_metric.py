@@ -65,13 +65,13 @@ def trial_runner(cfg, gradients=None):
     ``optishear search`` draws them), and the tokenizer. ``gradients``: a directory of the search's gradient
     statistics for trees that read G (reloaded, computed there when absent)."""
     from optishear.models import load_model
-    from optishear.search.driver import _gradients, _window_sets
-    from optishear.search.runner import TrialRunner
+    from optishear.search import TrialRunner, search_gradients, search_windows
 
     model, tok = load_model()
-    sets = _window_sets(cfg, tok, model, None, None, None)
-    grads = None if gradients is None else _gradients(cfg, model, sets["statistics"].tokens, Path(gradients).parent,
-                                                      False)  # fmt: skip
+    sets = search_windows(cfg, tok, model)
+    grads = None
+    if gradients is not None:  # the run directory holding <run>/gradients: reloaded from there
+        grads = search_gradients(cfg, model, sets["statistics"].tokens, Path(gradients).parent, False)
     runner = TrialRunner(model, sets["statistics"].tokens, cfg, objective_windows=sets["objective"].tokens,
                          gradients=grads)  # fmt: skip
     return runner, tok

@@ -21,16 +21,16 @@ import sys
 import types
 
 from .config import ALGORITHMS, SPACES, SearchConfig, search_plan_defaults
-from .driver import SearchResult, search
+from .driver import SearchResult, search, search_gradients, search_windows
 from .executor import ExecutorConfig, LocalExecutor, TrialRequest
 from .optimizers import PymooOptimizer
 from .runner import TrialRunner
 from .spaces import VectorSpace, repair_offsets
 from .trials import TrialLog, TrialRecord
 
-__all__ = ["SearchConfig", "SearchResult", "search", "SPACES", "ALGORITHMS", "search_plan_defaults", "ExecutorConfig",
-           "LocalExecutor", "TrialRequest", "PymooOptimizer", "TrialRunner", "VectorSpace", "repair_offsets",
-           "TrialLog", "TrialRecord"]  # fmt: skip
+__all__ = ["SearchConfig", "SearchResult", "search", "search_windows", "search_gradients", "SPACES", "ALGORITHMS",
+           "search_plan_defaults", "ExecutorConfig", "LocalExecutor", "TrialRequest", "PymooOptimizer", "TrialRunner",
+           "VectorSpace", "repair_offsets", "TrialLog", "TrialRecord"]  # fmt: skip
 
 
 class _CallableModule(types.ModuleType):

@@ -190,9 +190,10 @@ def _jsonable(obj):
     return obj
 
 
-def _window_sets(cfg: SearchConfig, tokenizer, model, windows, objective_windows, validation_windows):
-    """The statistics, objective and validation windows: given ones as they are, the rest drawn disjointly from
-    the calibration text (``data.window_sets``: the objective and validation sets overlap no other window)."""
+def search_windows(cfg: SearchConfig, tokenizer, model, windows=None, objective_windows=None, validation_windows=None):
+    """The statistics, objective and validation windows ``search`` uses: given ones as they are, the rest drawn
+    disjointly from the calibration text (``data.window_sets``: the objective and validation sets overlap no other
+    window). Public so that a script can score trees or metrics on a search's own windows (``bench/``)."""
     p = cfg.plan
     wanted = [("statistics", p.nsamples, p.seqlen, p.seed)]
     if cfg.objective_windows:
@@ -209,9 +210,10 @@ def _window_sets(cfg: SearchConfig, tokenizer, model, windows, objective_windows
     return out
 
 
-def _gradients(config: SearchConfig, model, windows, out: Path, progress: bool):
+def search_gradients(config: SearchConfig, model, windows, out: Path, progress: bool):
     """The gradient statistics a search reads (``--space symbolic``, or a plan whose metric reads G), computed once
-    into ``<out>/gradients/`` and reloaded from there by a resume; None when nothing reads G."""
+    into ``<out>/gradients/`` and reloaded from there by a resume (or by a script given the run's directory ``out``);
+    None when nothing reads G."""
     from ..calibrate import GRADIENT, gradient_statistics
     from ..methods import method_for
 
@@ -250,11 +252,11 @@ def search(model, tokenizer, config: SearchConfig, out_dir, *, resume: bool = Fa
         raise FileExistsError(f"{out} holds a search already: pass resume=True (--resume) or another directory")
     if not any(model_linears(model, config.plan.targets, config.plan.ignore)):
         raise ValueError("no linear layers selected for pruning (check targets / ignore)")
-    sets = _window_sets(config, tokenizer, model, windows, objective_windows, validation_windows)
+    sets = search_windows(config, tokenizer, model, windows, objective_windows, validation_windows)
     manifest = build_manifest(model, tokenizer, config, sets, executor=describe_spec(executor))
     if resume:  # a refused resume costs one read of the weights: checked before the gradient pass and the workers
         check_early(out, manifest)
-    grads = _gradients(config, model, sets["statistics"].tokens, out, progress)
+    grads = search_gradients(config, model, sets["statistics"].tokens, out, progress)
     if grads is not None:
         manifest["gradients"] = grads.describe()
     check_or_write(out, manifest, resume, bool(existing))
