@@ -81,18 +81,19 @@ class SymbolicSpace:
         return "NaN or infinite" not in (record.error or "") and "NaN or inf in" not in (record.error or "")
 
 
-def _paths(tree: Expr, prefix=()):
+def subtrees(tree: Expr, prefix=()):
     """(path, node) for every node, pre-order; a path is the tuple of argument indices from the root."""
     yield prefix, tree
     for i, a in enumerate(tree.args):
-        yield from _paths(a, prefix + (i,))
+        yield from subtrees(a, prefix + (i,))
 
 
-def _replace(tree: Expr, path: tuple[int, ...], new: Expr) -> Expr:
+def replace_subtree(tree: Expr, path: tuple[int, ...], new: Expr) -> Expr:
+    """``tree`` with the node at ``path`` (as ``subtrees`` gives it) replaced by ``new``."""
     if not path:
         return new
     args = list(tree.args)
-    args[path[0]] = _replace(args[path[0]], path[1:], new)
+    args[path[0]] = replace_subtree(args[path[0]], path[1:], new)
     return Expr(tree.op, tuple(args))
 
 
@@ -187,35 +188,36 @@ class GPOptimizer:
         return self.pop[min(picks, key=lambda j: (self.fitness[j], j))]
 
     def _crossover(self, a: Expr, b: Expr) -> Expr:
-        pa, _ = self.rng.choice(list(_paths(a)))
-        _, sub = self.rng.choice(list(_paths(b)))
-        return _replace(a, pa, sub)
+        pa, _ = self.rng.choice(list(subtrees(a)))
+        _, sub = self.rng.choice(list(subtrees(b)))
+        return replace_subtree(a, pa, sub)
 
     def _subtree(self, a: Expr) -> Expr:
-        pa, _ = self.rng.choice(list(_paths(a)))
-        return _replace(a, pa, random_tree(self.rng, self.rng.randint(1, 3), grow=True, operators=self.operators))
+        pa, _ = self.rng.choice(list(subtrees(a)))
+        fresh = random_tree(self.rng, self.rng.randint(1, 3), grow=True, operators=self.operators)
+        return replace_subtree(a, pa, fresh)
 
     def _point(self, a: Expr) -> Expr:
-        pa, node = self.rng.choice(list(_paths(a)))
+        pa, node = self.rng.choice(list(subtrees(a)))
         pool = TERMINALS if not node.args else self.unary if ARITY[node.op] == 1 else BINARY
         op = self.rng.choice([o for o in pool if o != node.op])
-        return _replace(a, pa, Expr(op, node.args))
+        return replace_subtree(a, pa, Expr(op, node.args))
 
     def _insert(self, a: Expr) -> Expr:
-        paths = list(_paths(a))
+        paths = list(subtrees(a))
         pa, node = self.rng.choice(paths[1:] or paths)  # not above the root: a unary op there mostly keeps the order
         op = self.rng.choice(self.operators)
         if ARITY[op] == 1:
-            return _replace(a, pa, Expr(op, (node,)))
+            return replace_subtree(a, pa, Expr(op, (node,)))
         other = Expr(self.rng.choice(TERMINALS), ())
-        return _replace(a, pa, Expr(op, (node, other) if self.rng.random() < 0.5 else (other, node)))
+        return replace_subtree(a, pa, Expr(op, (node, other) if self.rng.random() < 0.5 else (other, node)))
 
     def _shrink(self, a: Expr) -> Expr:
-        inner = [(p, n) for p, n in _paths(a) if n.args]
+        inner = [(p, n) for p, n in subtrees(a) if n.args]
         if not inner:
             return a
         pa, node = self.rng.choice(inner)
-        return _replace(a, pa, self.rng.choice(node.args))
+        return replace_subtree(a, pa, self.rng.choice(node.args))
 
     def _child(self) -> Expr:
         r = self.rng.random()

@@ -10,7 +10,8 @@ from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
 from optishear.search.config import TREE_OPERATORS
 from optishear.search.manifest import manifest_differences
-from optishear.search.symbolic import RIA_TREE, SEEDS, OPERATOR_SETS, GPOptimizer, SymbolicSpace, _paths, _replace
+from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, replace_subtree,
+                                       subtrees)
 from optishear_kernels import Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, BINARY, TERMINALS
 
@@ -84,9 +85,9 @@ def _point_mutants(tree: Expr, operators) -> set[Expr]:
     """Every canonical tree one point mutation away from ``tree`` (all nodes, all replacements)."""
     unary = [o for o in operators if ARITY[o] == 1]
     out = set()
-    for path, node in _paths(tree):
+    for path, node in subtrees(tree):
         pool = TERMINALS if not node.args else unary if ARITY[node.op] == 1 else BINARY
-        out |= {canonical(_replace(tree, path, Expr(op, node.args))) for op in pool if op != node.op}
+        out |= {canonical(replace_subtree(tree, path, Expr(op, node.args))) for op in pool if op != node.op}
     return out
 
 
@@ -173,18 +174,18 @@ def test_insert_and_shrink_mutations_are_one_node_moves():
         tree = parse_expr(text)
         for _ in range(40):
             ins = opt._insert(tree)
-            hits = [p for p, n in _paths(ins) if n.args and (p or tree.size == 1) and any(
-                _replace(ins, p, a) == tree for a in n.args)]  # fmt: skip
+            hits = [p for p, n in subtrees(ins) if n.args and (p or tree.size == 1) and any(
+                replace_subtree(ins, p, a) == tree for a in n.args)]  # fmt: skip
             assert hits, (text, ins.text)
-            new, old = dict(_paths(ins))[hits[0]], dict(_paths(tree))[hits[0]]
+            new, old = dict(subtrees(ins))[hits[0]], dict(subtrees(tree))[hits[0]]
             assert ins.size == tree.size + ARITY[new.op]
             assert all(a == old or (not a.args and a.op in TERMINALS) for a in new.args)
             shr = opt._shrink(tree)
             if tree.size == 1:
                 assert shr == tree
             else:
-                assert shr.size < tree.size and any(
-                    _replace(tree, p, a) == shr for p, n in _paths(tree) if n.args for a in n.args)  # fmt: skip
+                assert shr.size < tree.size and any(replace_subtree(tree, p, a) == shr
+                                                    for p, n in subtrees(tree) if n.args for a in n.args)  # fmt: skip
     _, plain = _gp(seed=5)
     _, zero = _gp(seed=5, p_insert=0.0, p_shrink=0.0)
     assert zero == plain
