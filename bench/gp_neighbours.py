@@ -9,10 +9,10 @@ and at a budget of 54 distinct evaluations a run is mostly decided there. This l
 seeds (``--tree-operators relative``: five seeds), how many of them the cache (``gp_simulate.py``'s, one JSON line
 per canonical tree) has scored, how many distinct masks those make (the search's dedupe; failed trees left out) and
 how many of the masks score below ``--below``; with ``--table``, the same among the meta-metric space's points and
-classes (``exhaustive_metric.py``'s table) for comparison. A child the cache does
-not hold is counted as unknown, or with ``--score`` scored once by the search's ``TrialRunner`` and appended to the
-cache (``gp_simulate.Oracle``: the same windows, ``--sparsity``/``--structure``, G from ``--gradients``). Subtree
-mutation is left out (its fresh random subtrees are not a finite neighbourhood).
+classes (``exhaustive_metric.py``'s table) for comparison. A child the cache does not hold is counted as unknown, or
+with ``--score`` scored once by the search's ``TrialRunner`` and appended to the cache (``gp_simulate.Oracle``: the
+same windows, ``--sparsity``/``--structure``, G from ``--gradients``). Subtree mutation is left out (its fresh random
+subtrees are not a finite neighbourhood).
 """
 
 from __future__ import annotations

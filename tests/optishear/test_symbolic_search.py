@@ -13,7 +13,9 @@ from optishear.search.manifest import manifest_differences
 from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, replace_subtree,
                                        subtrees)
 from optishear_kernels import Expr, canonical, parse_expr
-from optishear_kernels.expr import ARITY, BINARY, TERMINALS
+from optishear_kernels.expr import ARITY, TERMINALS
+
+from bench.gp_neighbours import point as point_neighbours
 
 from ..conftest import Killed, kill_after, random_windows, tiny_llama
 
@@ -82,13 +84,9 @@ def test_relative_operators_are_drawn_only_when_asked():
 
 
 def _point_mutants(tree: Expr, operators) -> set[Expr]:
-    """Every canonical tree one point mutation away from ``tree`` (all nodes, all replacements)."""
-    unary = [o for o in operators if ARITY[o] == 1]
-    out = set()
-    for path, node in subtrees(tree):
-        pool = TERMINALS if not node.args else unary if ARITY[node.op] == 1 else BINARY
-        out |= {canonical(replace_subtree(tree, path, Expr(op, node.args))) for op in pool if op != node.op}
-    return out
+    """Every canonical tree one point mutation away from ``tree`` (all nodes, all replacements; the enumeration
+    ``bench/gp_neighbours.py`` reports, tested there against the GP's own draws)."""
+    return {canonical(t) for t in point_neighbours(tree, operators)}
 
 
 def test_init_mutants_start_next_to_the_seeds():
