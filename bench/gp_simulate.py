@@ -12,7 +12,8 @@ and appended. ``--prefill`` reads the trees of earlier real searches (their ``tr
 The run stops at ``--until`` distinct evaluations (new mask digests, failed trees not counting, as
 ``exhaustive_metric.run_curve`` counts a real run). Each seed's best-after-k curve is written beside the cache
 (``<cache>.sim.jsonl``, one line per GP setting and seed, a seed simulated again replacing its line), in the form
-``exhaustive_metric.py compare`` reads (``--gp-sims``).
+``exhaustive_metric.py compare`` reads (``--gp-sims``). Two simulations may share one cache file: each reads the
+trees the other appended before it scores a tree it lacks.
 
 Trees reading G need the gradient statistics of the search's windows: ``--gradients DIR`` is a directory holding them
 (a symbolic search's ``<out>/gradients``), reloaded and never recomputed; without it, they are computed once there.
@@ -45,9 +46,30 @@ class Oracle:
     def __init__(self, args, cfg):
         self.args, self.cfg = args, cfg
         self.path = Path(args.cache)
-        self.cache = {r["tree"]: r for r in read_jsonl(self.path)}
+        self.cache: dict[str, dict] = {}
+        self._read = 0  # bytes of the cache file read so far
+        self.refresh()
         self.runner = None
         self.scored = 0
+
+    def refresh(self) -> None:
+        """Read the cache lines appended since the last read, by this process or another one simulating beside it
+        on the same file (each line is one ``write``; a line not ended yet is left for the next read)."""
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read)
+            tail = f.read()
+        done = tail.rfind(b"\n") + 1
+        self._read += done
+        for line in tail[:done].decode().splitlines():
+            try:
+                rec = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # a line cut by a kill (``append_jsonl`` ended it): scored again if asked
+                print(f"  ignoring a truncated line in {self.path}", file=sys.stderr)
+                continue
+            if rec is not None:
+                self.cache.setdefault(rec["tree"], rec)
 
     def prefill(self, runs: list[str]) -> None:
         for run in runs:
@@ -66,6 +88,8 @@ class Oracle:
         self.runner, _ = trial_runner(self.cfg, gradients=self.args.gradients)
 
     def __call__(self, tree) -> dict:
+        if tree.text not in self.cache:
+            self.refresh()  # another process may have scored it meanwhile
         if tree.text not in self.cache:
             if self.runner is None:
                 self._start()
