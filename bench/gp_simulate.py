@@ -1,7 +1,7 @@
 """The symbolic search's GP replayed over many optimizer seeds at the cost of the trees no seed has scored yet.
 
     python bench/gp_simulate.py --cache bench/gp_trees_50.jsonl --seeds 0 1 2 3 4 --until 85 [--init-mutants 0.5]
-        [--survival plus] [--prefill RUN ..] [--structure 2:4] [--gradients DIR]
+        [--survival plus] [--tree-seeds TREE ..] [--prefill RUN ..] [--structure 2:4] [--gradients DIR]
 
 A tree's objective is deterministic (the search's windows and statistics with ``--seed 0``), so a search is its
 optimizer's trajectory over one function: ``GPOptimizer`` with ``--search-seed S`` asks, each asked tree is answered
@@ -157,15 +157,19 @@ def main(argv=None) -> None:
     ap.add_argument("--p-shrink", type=float, default=None)
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
+    ap.add_argument("--tree-seeds", nargs="+", default=[], help="trees seeded after the built-in ones (--tree-seeds)")
     args = ap.parse_args(argv)
     cfg = search_config(args, "symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
                         tree_operators=args.tree_operators, tree_init_mutants=args.init_mutants or 0.0,
-                        tree_survival=args.survival or "generational",
+                        tree_survival=args.survival or "generational", tree_seeds=args.tree_seeds,
                         validate_top=0)  # fmt: skip
+    cfg.validate()
     oracle = Oracle(args, cfg)
     oracle.prefill(args.prefill)
     knobs = {k: getattr(args, k) for k in GP_KNOBS if getattr(args, k) is not None}
     setting = {"pop_size": args.pop_size, "tree_size": args.tree_size, "tree_operators": args.tree_operators, **knobs}
+    if args.tree_seeds:
+        setting["tree_seeds"] = args.tree_seeds
     if args.init_mutants is not None:  # the key the sims were recorded under
         setting["init_mutants"] = args.init_mutants
     if args.survival is not None:

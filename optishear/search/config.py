@@ -80,6 +80,10 @@ class SearchConfig:
         tree_survival: the symbolic GP's survival: ``generational`` (the default: each generation replaces the
             last but for ``elitism`` trees) or ``plus``: (mu + lambda), the parents are the best distinct trees so
             far and every child is new to the run, as in the meta-metric search's GA (``symbolic.GPOptimizer``).
+        tree_seeds: trees (text form) the symbolic search's first generation holds after its built-in seeds (Wanda,
+            magnitude, RIA's exponent, Pruner-Zero's metric, and RIA with ``relative``): trees found on another model
+            or published elsewhere. Each must parse, use only the ``tree_operators`` grammar's operators, fit
+            ``tree_size`` and be new: a tree whose canonical form is a built-in seed or an earlier entry is refused.
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
@@ -124,6 +128,9 @@ class SearchConfig:
     tree_survival: str = opt("generational", choices=TREE_SURVIVALS, type=str,
                              help="symbolic space: generational (elitism 2), or plus: the best trees so far breed "
                              "and every child is a tree not yet scored")  # fmt: skip
+    tree_seeds: list[str] = opt(kind="list", type=str, default_factory=list,
+                                help="symbolic space: more trees for the first generation, after the built-in seeds "
+                                "(e.g. trees found on another model)")  # fmt: skip
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
@@ -160,6 +167,8 @@ class SearchConfig:
             raise ValueError(f"tree_survival must be one of {TREE_SURVIVALS}, got {self.tree_survival!r}")
         if self.tree_operators not in TREE_OPERATORS:
             raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
+        if self.tree_seeds:
+            self._check_tree_seeds()
         if self.space == "structured":
             _pos_int(self.mlp_steps, "mlp_steps")
             if self.plan.layer_rates is not None and self.plan.layer_rates != "uniform":
@@ -199,6 +208,35 @@ class SearchConfig:
                 check_sparsity(lv, "sparsity_levels")
                 if self.space != "metric" and (lv - self.band < 0 or lv + self.band >= 1):
                     raise ValueError(f"sparsity level {lv} +- band {self.band} leaves [0, 1)")
+
+    def _check_tree_seeds(self) -> None:
+        from optishear_kernels import canonical, parse_expr
+
+        from .symbolic import OPERATOR_SETS, builtin_seeds
+
+        if self.space != "symbolic":
+            raise ValueError(f"tree_seeds seeds the symbolic search; --space {self.space} has no trees: drop them")
+        seen = {canonical(parse_expr(t)): f"the built-in seed {t}" for t in builtin_seeds(self.tree_operators)}
+        allowed = set(OPERATOR_SETS[self.tree_operators])
+        for i, text in enumerate(self.tree_seeds):
+            where = f"tree_seeds[{i}] {text!r}"
+            try:
+                written = parse_expr(text)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            tree = canonical(written)
+            extra = sorted({n.op for n in written.nodes() if n.args} - allowed)
+            if extra:
+                raise ValueError(f"{where} uses {', '.join(extra)}, which --tree-operators {self.tree_operators} "
+                                 "does not have")  # fmt: skip
+            if tree.size > self.tree_size:
+                raise ValueError(f"{where} has {tree.size} nodes in its canonical form {tree.text}, over "
+                                 f"--tree-size {self.tree_size}")  # fmt: skip
+            if tree in seen:
+                raise ValueError(f"{where} is {seen[tree]} (canonical form {tree.text})")
+            seen[tree] = f"tree_seeds entry {text!r}"
+        if len(seen) > self.pop_size:
+            raise ValueError(f"{len(seen)} seeds (built-in and tree_seeds) do not fit a population of {self.pop_size}")
 
     @property
     def n_offsets(self) -> int:

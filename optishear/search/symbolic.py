@@ -9,8 +9,8 @@ release), on the search package's ask/tell interface.
 - first generation: the seeds (Wanda ``mul(W,sqrt(X))`` first, the stage's baseline; magnitude ``W``; RIA's
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
   Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
-  RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``), then, with ``init_mutants`` f > 0, ``round(f * (pop_size -
-  seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
+  RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``; then the user's ``tree_seeds``, ``builtin_seeds``), then,
+  with ``init_mutants`` f > 0, ``round(f * (pop_size - seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
   then ramped half-and-half trees of depth 2 to 4 (grow and full alternating over the depths), each simplified to its
   canonical form, duplicates and trees over ``max_size`` redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
@@ -306,14 +306,19 @@ class GPOptimizer:
         return [(tree, np.array([v]))]
 
 
+def builtin_seeds(tree_operators: str) -> tuple[str, ...]:
+    """The first generation's own seeds for a grammar: ``SEEDS``, and RIA with the relative operators."""
+    return SEEDS + (RIA_TREE,) if tree_operators == "relative" else SEEDS
+
+
 def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptimizer:
     """The GP that ``--space symbolic`` runs for ``cfg`` (its size, optimizer seed, grammar, seeds and first
-    generation); ``settings`` overrides the GP's other settings (``tournament``, ``p_crossover``...)."""
-    relative = cfg.tree_operators == "relative"
+    generation: the built-in seeds, then ``cfg.tree_seeds``); ``settings`` overrides the GP's other settings
+    (``tournament``, ``p_crossover``...)."""
     return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                        max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
                        init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival,
-                       seeds=SEEDS + (RIA_TREE,) if relative else SEEDS, **settings)  # fmt: skip
+                       seeds=builtin_seeds(cfg.tree_operators) + tuple(cfg.tree_seeds), **settings)  # fmt: skip
 
 
 def symbolic_stage(cfg: SearchConfig, runner):
@@ -326,4 +331,5 @@ def symbolic_stage(cfg: SearchConfig, runner):
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "symbolic_stage", "SEEDS", "RIA_TREE", "OPERATOR_SETS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "builtin_seeds", "symbolic_stage", "SEEDS", "RIA_TREE",
+           "OPERATOR_SETS"]

@@ -9,9 +9,9 @@ from optishear.plan import Plan
 from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
 from optishear.search.config import TREE_OPERATORS
-from optishear.search.manifest import manifest_differences
-from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, replace_subtree,
-                                       subtrees)
+from optishear.search.manifest import ADDED_LATER, manifest_differences
+from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, gp_optimizer,
+                                       replace_subtree, subtrees)
 from optishear_kernels import Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, TERMINALS
 
@@ -120,7 +120,7 @@ def test_init_mutants_start_next_to_the_seeds():
 def test_a_run_made_before_init_mutants_resumes_as_zero():
     """A manifest without ``tree_init_mutants`` (runs before the option) compares as 0.0, what those runs did."""
     old = {"config": {"space": "symbolic", "generations": 4}}
-    new = {**old["config"], "tree_survival": "generational"}  # a later field, at the value of those runs
+    new = {**ADDED_LATER, **old["config"]}  # the options added later, at the values of runs made before them
     assert manifest_differences(old, {"config": {**new, "tree_init_mutants": 0.0}}) == []
     diffs = manifest_differences(old, {"config": {**new, "tree_init_mutants": 0.5}})
     assert diffs == ["config.tree_init_mutants: 0.0 -> 0.5"]
@@ -156,7 +156,7 @@ def test_plus_survival_breeds_from_the_best_so_far_and_asks_only_new_trees():
     with pytest.raises(ValueError, match="tree_survival"):
         _cfg(tree_survival="comma").validate()
     old = {"config": {"space": "symbolic", "generations": 4}}  # a run made before the option: generational
-    new = {**old["config"], "tree_init_mutants": 0.0}
+    new = {**ADDED_LATER, **old["config"]}  # the options added later, at the values of runs made before them
     assert manifest_differences(old, {"config": {**new, "tree_survival": "generational"}}) == []
     assert manifest_differences(old, {"config": {**new, "tree_survival": "plus"}}) == [
         'config.tree_survival: "generational" -> "plus"']  # fmt: skip
@@ -321,3 +321,49 @@ def test_symbolic_config_checks():
     _cfg(structure="2:4").validate()  # N:M: a metric search
     with pytest.raises(ValueError, match="tree_size"):
         _cfg(tree_size=0).validate()
+
+
+def test_tree_seeds_join_the_first_generation_after_the_builtin_ones(tmp_path):
+    """``tree_seeds``: the user's trees, canonical, follow the built-in seeds in the first generation (before any
+    mutant or random tree), and the run records them: a resume with other seeds is refused, one from before the option
+    compares as none."""
+    extra = ["mul(W,G)", "mul(W,add(sqrt(X),G))"]
+    cfg = _cfg(tree_operators="relative", tree_seeds=extra, tree_init_mutants=0.5, pop_size=10, generations=1)
+    cfg.validate()
+    builtin = [canonical(s).text for s in SEEDS + (RIA_TREE,)]
+    want = builtin + [canonical(t).text for t in extra]
+    space = SymbolicSpace("symbolic", cfg, 3)
+    assert [t.text for t in gp_optimizer(cfg, space).ask()][: len(want)] == want
+    plain = [t.text for t in gp_optimizer(_cfg(tree_operators="relative", tree_init_mutants=0.5, pop_size=10),
+                                          space).ask()]  # fmt: skip
+    assert plain[: len(builtin)] == builtin and not set(want[len(builtin):]) & set(plain)
+    _run(tmp_path, "seeded", cfg)
+    trials = [json.loads(line)["metric"] for line in (tmp_path / "seeded" / "trials.jsonl").read_text().splitlines()]
+    assert trials[: len(want)] == [f"expr:{t}" for t in want]
+    recorded = json.loads((tmp_path / "seeded" / "manifest.json").read_text())
+    assert recorded["config"]["tree_seeds"] == extra
+    other = {**recorded, "config": {**recorded["config"], "tree_seeds": extra[:1]}}
+    assert manifest_differences(recorded, other) == [f"config.tree_seeds: {json.dumps(extra)} -> {json.dumps(extra[:1])}"]
+    before = {**recorded, "config": {k: v for k, v in recorded["config"].items() if k != "tree_seeds"}}
+    assert manifest_differences(before, {**before, "config": {**before["config"], "tree_seeds": []}}) == []
+
+
+@pytest.mark.parametrize("seeds, match", [
+    (["mul(W,"], r"tree_seeds\[0\] 'mul\(W,'"),
+    (["mul(W,G)", "frob(W)"], r"tree_seeds\[1\] 'frob\(W\)': unknown operator 'frob'"),
+    (["mul(csn(W),G)"], "uses csn, which --tree-operators pruner-zero does not have"),
+    (["sqr(mul(W,sqrt(X)))"], r"is the built-in seed mul\(W,sqrt\(X\)\)"),
+    (["mul(W,G)", "mul(sqr(G),sqr(W))"], r"tree_seeds\[1\] .* is tree_seeds entry 'mul\(W,G\)'"),
+    (["add(mul(W,G),add(mul(W,X),add(G,add(X,sqrt(W)))))"], "14 nodes .* over --tree-size 9"),
+])  # fmt: skip
+def test_bad_tree_seeds_are_refused_naming_the_entry(seeds, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tree_seeds=seeds, tree_size=9).validate()
+
+
+def test_tree_seeds_need_the_symbolic_space_and_room_in_the_population():
+    with pytest.raises(ValueError, match="--space metric has no trees"):
+        _cfg(space="metric", tree_seeds=["mul(W,G)"]).validate()
+    with pytest.raises(ValueError, match="6 seeds .* a population of 5"):
+        _cfg(pop_size=5, tree_seeds=["mul(W,G)", "G"]).validate()
+    _cfg(pop_size=6, tree_seeds=["mul(W,G)", "G"]).validate()
