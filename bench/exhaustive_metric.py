@@ -23,7 +23,9 @@ distinct classes evaluated until the exhaustive optimum first appears (``<table>
 seed of one setting) beside real search runs (any space: a symbolic search's ``trials.jsonl``) and the GP's
 simulated runs (``bench/gp_simulate.py``, one group per GP setting), seed by seed and the median; the question of
 Pruner-Zero's goal "no worse than the meta-metric search at the same number of distinct evaluations"
-(``<table>.compare.json``).
+(``<table>.compare.json``). The medians count the runs that made ``k`` distinct evaluations; ``median_all_*`` reads a
+run that stopped short at its last best, and ``p_worse_<kind>_<k>`` is the one-sided Mann-Whitney U p-value that a
+kind's best after k is larger (worse) than the metric search's, over those same values.
 ``report``: rank of Wanda, the optimum, the search's results and the Spearman correlation between objective and
 perplexity over the top classes (``<table>.report.json``).
 """
@@ -226,8 +228,28 @@ def cmd_compare(args) -> None:
             vals = [v for v in vals if v is not None]
             out[f"median_{kind}_{k}"] = float(np.median(vals)) if vals else None
             out[f"n_{kind}_{k}"] = len(vals)
+            if kind != "metric":
+                out.update(worse_than_metric(rows, kind, k))
     Path(str(args.table) + ".compare.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+
+
+def by_k(curve: list[float], k: int) -> float:
+    """The best after ``k`` distinct evaluations, a run that stopped short (a stalled search) read at its last best."""
+    return curve[min(k, len(curve)) - 1]
+
+
+def worse_than_metric(rows: list[dict], kind: str, k: int) -> dict:
+    """Whether the runs of ``kind`` are worse after ``k`` distinct evaluations than the simulated metric searches:
+    every seed of each (``by_k``), their medians and the one-sided Mann-Whitney U test's p-value for "``kind``'s best
+    is larger" (``scipy``, pymoo's own dependency); None with fewer than two runs on either side."""
+    from scipy.stats import mannwhitneyu
+
+    a = [by_k(r["curve"], k) for r in rows if r["kind"] == kind]
+    m = [by_k(r["curve"], k) for r in rows if r["kind"] == "metric"]
+    p = float(mannwhitneyu(a, m, alternative="greater").pvalue) if len(a) >= 2 and len(m) >= 2 else None
+    return {f"median_all_{kind}_{k}": float(np.median(a)), f"median_all_metric_{k}": float(np.median(m)) if m else None,
+            f"p_worse_{kind}_{k}": p}  # fmt: skip
 
 
 def spearman(a, b) -> float:

@@ -83,3 +83,27 @@ def test_compare_puts_gp_simulations_beside_the_metric_search_by_setting_and_see
     out = json.loads((tmp_path / "t.jsonl.compare.json").read_text())
     assert out["median_metric_54"] == pytest.approx(0.95)
     assert out['median_gp {"init_mutants": 0.5}_54'] == pytest.approx(1.4)
+
+
+def test_compare_tests_whether_a_kind_is_worse_than_the_metric_search(tmp_path):
+    """``p_worse``: one-sided Mann-Whitney U on every seed's best after k, a run that stopped short read at its last
+    best. Three seeds each: all worse gives 1/20 (the smallest p of 3 against 3), all better 1, ties in between."""
+    from bench.exhaustive_metric import by_k, main
+
+    assert by_k([3.0, 2.0, 1.5], 2) == 2.0 and by_k([3.0, 2.0, 1.5], 54) == 1.5
+    table = tmp_path / "t.jsonl"
+    table.write_text("")
+    sims = [{"seed": s, "pop_size": 20, "generations": 60, "curve": [1.0 + 0.01 * s] * (40 + 10 * s)}
+            for s in range(3)]  # fmt: skip
+    (tmp_path / "t.jsonl.sim.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sims))
+    kinds = (("worse", 2.0), ("better", 0.5), ("same", 1.0))
+    gp = [{"seed": s, "setting": {"g": g}, "curve": [v + 0.01 * s] * 60} for g, v in kinds for s in range(3)]
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gp))
+    main(["compare", "--table", str(table), "--generations", "60", "--at", "54",
+          "--gp-sims", str(tmp_path / "g.jsonl")])  # fmt: skip
+    out = json.loads((tmp_path / "t.jsonl.compare.json").read_text())
+    assert out["n_metric_54"] == 1 and out["median_all_metric_54"] == pytest.approx(1.01)  # seeds 0, 1 stopped short
+    assert out['p_worse_gp {"g": "worse"}_54'] == pytest.approx(0.05)
+    assert out['p_worse_gp {"g": "better"}_54'] == pytest.approx(1.0)
+    assert 0.05 < out['p_worse_gp {"g": "same"}_54'] < 1.0
+    assert out['median_all_gp {"g": "worse"}_54'] == pytest.approx(2.01)
