@@ -157,7 +157,8 @@ def main(argv=None) -> None:
     ap.add_argument("--p-shrink", type=float, default=None)
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
-    ap.add_argument("--tree-seeds", nargs="+", default=[], help="trees seeded after the built-in ones (--tree-seeds)")
+    ap.add_argument("--tree-seeds", nargs="+", default=[],
+                    help="the search's --tree-seeds: trees after the built-in seeds")  # fmt: skip
     args = ap.parse_args(argv)
     cfg = search_config(args, "symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
                         tree_operators=args.tree_operators, tree_init_mutants=args.init_mutants or 0.0,

@@ -10,9 +10,10 @@ release), on the search package's ask/tell interface.
   activation exponent ``mul(W,sqrt(sqrt(X)))`` (RIA's relative-importance normaliser needs row and column sums, which
   Pruner-Zero's operators do not have); the published Pruner-Zero metric; with ``tree_operators="relative"`` also
   RIA itself, ``mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))``; then the user's ``tree_seeds``, ``builtin_seeds``), then,
-  with ``init_mutants`` f > 0, ``round(f * (pop_size - seeds))`` trees one mutation away from a seed (point, then subtree mutation, each round over the seeds in order),
-  then ramped half-and-half trees of depth 2 to 4 (grow and full alternating over the depths), each simplified to its
-  canonical form, duplicates and trees over ``max_size`` redrawn;
+  with ``init_mutants`` f > 0, ``round(f * (pop_size - seeds))`` trees one mutation away from a seed (point, then
+  subtree mutation, each round over the seeds in order), then ramped half-and-half trees of depth 2 to 4 (grow and
+  full alternating over the depths), each simplified to its canonical form, duplicates and trees over ``max_size``
+  redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
   tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
   node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for

@@ -343,7 +343,8 @@ def test_tree_seeds_join_the_first_generation_after_the_builtin_ones(tmp_path):
     recorded = json.loads((tmp_path / "seeded" / "manifest.json").read_text())
     assert recorded["config"]["tree_seeds"] == extra
     other = {**recorded, "config": {**recorded["config"], "tree_seeds": extra[:1]}}
-    assert manifest_differences(recorded, other) == [f"config.tree_seeds: {json.dumps(extra)} -> {json.dumps(extra[:1])}"]
+    want_diff = f"config.tree_seeds: {json.dumps(extra)} -> {json.dumps(extra[:1])}"
+    assert manifest_differences(recorded, other) == [want_diff]
     before = {**recorded, "config": {k: v for k, v in recorded["config"].items() if k != "tree_seeds"}}
     assert manifest_differences(before, {**before, "config": {**before["config"], "tree_seeds": []}}) == []
 
