@@ -24,7 +24,7 @@ from pathlib import Path
 from optishear_kernels import Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, BINARY, TERMINALS
 
-from optishear.search.symbolic import OPERATOR_SETS, RIA_TREE, SEEDS, replace_subtree, subtrees
+from optishear.search.symbolic import OPERATOR_SETS, builtin_seeds, replace_subtree, subtrees
 
 try:
     from bench.gp_simulate import Oracle, search_config
@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     oracle = Oracle(args, search_config(args, "symbolic", tree_operators="relative", validate_top=0))
     operators = OPERATOR_SETS["relative"]
-    seeds = [canonical(parse_expr(s)) for s in (*SEEDS, RIA_TREE)]
+    seeds = [canonical(parse_expr(s)) for s in builtin_seeds("relative")]
     moves = {"point": [c for s in seeds for c in point(s, operators)],
              "insertion": [c for s in seeds for c in insertion(s, operators)],
              "shrink": [c for s in seeds for c in shrink(s, operators)],

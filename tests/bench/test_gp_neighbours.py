@@ -3,7 +3,7 @@
 import pytest
 from optishear.plan import Plan
 from optishear.search import SearchConfig
-from optishear.search.symbolic import OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace
+from optishear.search.symbolic import OPERATOR_SETS, GPOptimizer, SymbolicSpace, builtin_seeds
 from optishear_kernels import parse_expr
 
 from bench.gp_neighbours import crossover, insertion, point, shrink
@@ -20,7 +20,7 @@ def test_every_random_child_is_in_the_enumeration_and_the_draws_cover_it(move):
     """2,000 draws (20,000 insertions) of the GP's move per seed (or seed pair) all land in the enumerated set (no
     child missed by the table), and they reach all of it (the set holds no child the move cannot make)."""
     ops = OPERATOR_SETS["relative"]
-    seeds = [parse_expr(s) for s in (*SEEDS, RIA_TREE)]
+    seeds = [parse_expr(s) for s in builtin_seeds("relative")]
     gp = _gp(seed=7)
     pairs = [(a, b) for a in seeds for b in seeds if a != b] if move == "crossover" else [(a, None) for a in seeds]
     for a, b in pairs:
