@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from optishear.search.trials import append_jsonl, read_jsonl
+from optishear.search.trials import append_jsonl, jsonl_records, read_jsonl
 
 try:
     from bench.exhaustive_metric import rewrite_jsonl, search_config, trial_runner
@@ -62,14 +62,8 @@ class Oracle:
             tail = f.read()
         done = tail.rfind(b"\n") + 1
         self._read += done
-        for line in tail[:done].decode().splitlines():
-            try:
-                rec = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:  # a line cut by a kill (``append_jsonl`` ended it): scored again if asked
-                print(f"  ignoring a truncated line in {self.path}", file=sys.stderr)
-                continue
-            if rec is not None:
-                self.cache.setdefault(rec["tree"], rec)
+        for rec in jsonl_records(tail[:done].decode(), self.path):  # a cut line's tree is scored again if asked
+            self.cache.setdefault(rec["tree"], rec)
 
     def prefill(self, runs: list[str]) -> None:
         for run in runs:

@@ -62,13 +62,19 @@ def read_jsonl(path: Path) -> list[dict]:
     """Every complete JSON line of ``path`` (none if it does not exist); cut lines are skipped with a warning."""
     if not path.is_file():
         return []
+    return jsonl_records(path.read_text(), path)
+
+
+def jsonl_records(text: str, path) -> list[dict]:
+    """The records of JSON-lines ``text`` read from ``path``: blank lines skipped, and lines cut by a kill skipped
+    with a warning naming ``path`` (that trial is simply run again)."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: that trial is simply run again
+        except json.JSONDecodeError:
             logger.warning("ignoring a truncated line in %s", path)
     return out
 
@@ -115,4 +121,4 @@ def append_jsonl(path: Path, obj: dict) -> None:
         f.flush()
 
 
-__all__ = ["TrialRecord", "TrialLog", "read_jsonl", "append_jsonl"]
+__all__ = ["TrialRecord", "TrialLog", "read_jsonl", "jsonl_records", "append_jsonl"]
