@@ -37,7 +37,7 @@ except ImportError:  # run as a script: its own directory is on the path
     from exhaustive_metric import rewrite_jsonl, search_config, trial_runner
 
 # GPOptimizer settings not in SearchConfig
-GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "p_insert", "p_shrink", "tournament", "elitism")
+GP_KNOBS = ("p_crossover", "p_subtree", "p_point", "p_insert", "p_shrink", "tournament", "elitism", "crossover")
 
 
 class Oracle:
@@ -151,6 +151,7 @@ def main(argv=None) -> None:
     ap.add_argument("--p-shrink", type=float, default=None)
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
+    ap.add_argument("--crossover", default=None, help="the GP's crossover: subtree (the default), one-point")
     ap.add_argument("--tree-seeds", nargs="+", default=[],
                     help="the search's --tree-seeds: trees after the built-in seeds")  # fmt: skip
     args = ap.parse_args(argv)

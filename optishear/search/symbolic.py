@@ -15,13 +15,14 @@ release), on the search package's ask/tell interface.
   full alternating over the depths), each simplified to its canonical form, duplicates and trees over ``max_size``
   redrawn;
 - each next generation: the ``elitism`` best distinct trees unchanged, the rest bred from parents chosen by
-  tournaments of ``tournament`` trees: subtree crossover (``p_crossover``), subtree mutation (``p_subtree``: a random
-  node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``: a node's operator swapped for
-  another of the same arity, a terminal for another terminal), insertion (``p_insert``, 0 by default: a new operator
-  put above a node below the root, the node its argument, a binary operator's other argument a random terminal;
-  DEAP's ``mutInsert``), shrink (``p_shrink``, 0 by default: an operator node replaced by one of its arguments;
-  DEAP's ``mutShrink``), else a copy; every child is simplified, and a child
-  over ``max_size`` nodes is replaced by its parent (the size limit against bloat);
+  tournaments of ``tournament`` trees: subtree crossover (``p_crossover``; ``crossover="one-point"``: Poli and
+  Langdon's one-point crossover, the point drawn from both parents' common region, ``_one_point``), subtree
+  mutation (``p_subtree``: a random node replaced by a fresh grow tree of depth 1 to 3), point mutation (``p_point``:
+  a node's operator swapped for another of the same arity, a terminal for another terminal), insertion (``p_insert``,
+  0 by default: a new operator put above a node below the root, the node its argument, a binary operator's other
+  argument a random terminal; DEAP's ``mutInsert``), shrink (``p_shrink``, 0 by default: an operator node replaced
+  by one of its arguments; DEAP's ``mutShrink``), else a copy; every child is simplified, and a child over
+  ``max_size`` nodes is replaced by its parent (the size limit against bloat);
 - fitness: the trial's objective (lower is better); a failed trial (NaN or infinite scores) is infeasible.
 
 With ``survival="plus"`` (``--tree-survival plus``) the loop is the (mu + lambda) form the meta-metric search's
@@ -53,6 +54,7 @@ from .config import TREE_SURVIVALS, SearchConfig
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
 RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
+TREE_CROSSOVERS = ("subtree", "one-point")  # GPOptimizer's crossover (a bench/gp_simulate.py knob, not a flag)
 OPERATOR_SETS = {"pruner-zero": OPERATORS, "relative": OPERATORS + RELATIVE}  # by SearchConfig.tree_operators
 
 
@@ -89,6 +91,22 @@ def subtrees(tree: Expr, prefix=()):
         yield from subtrees(a, prefix + (i,))
 
 
+def common_region(a: Expr, b: Expr, prefix=()):
+    """Paths of the nodes two trees share by shape, pre-order: the root, and the arguments of every shared node
+    whose operator has the same arity in both (Poli and Langdon's common region)."""
+    yield prefix
+    if a.args and len(a.args) == len(b.args):
+        for i, (x, y) in enumerate(zip(a.args, b.args)):
+            yield from common_region(x, y, prefix + (i,))
+
+
+def subtree_at(tree: Expr, path: tuple[int, ...]) -> Expr:
+    """The node of ``tree`` at ``path``."""
+    for i in path:
+        tree = tree.args[i]
+    return tree
+
+
 def replace_subtree(tree: Expr, path: tuple[int, ...], new: Expr) -> Expr:
     """``tree`` with the node at ``path`` (as ``subtrees`` gives it) replaced by ``new``."""
     if not path:
@@ -111,6 +129,7 @@ class GPOptimizer:
         operators: the operators random trees and point mutations draw from (``OPERATOR_SETS``).
         survival: ``"generational"`` (the default) or ``"plus"`` (module docstring); ``retries``: the plus loop's
             attempts to make a repeated child new.
+        crossover: ``"subtree"`` (the default: a random node of each parent) or ``"one-point"`` (``_one_point``).
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
@@ -119,12 +138,15 @@ class GPOptimizer:
                  elitism: int = 2,
                  init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
                  operators: tuple[str, ...] = OPERATORS, survival: str = "generational",
-                 retries: int = 20):  # fmt: skip
+                 retries: int = 20, crossover: str = "subtree"):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
         if survival not in TREE_SURVIVALS:
             raise ValueError(f"survival must be one of {TREE_SURVIVALS}, got {survival!r}")
         self.survival = survival
+        if crossover not in TREE_CROSSOVERS:
+            raise ValueError(f"crossover must be one of {TREE_CROSSOVERS}, got {crossover!r}")
+        self.crossover = crossover
         self.retries = retries
         self.asked: set[Expr] = set()  # every tree asked in this run (the plus loop's children are new to it)
         self.survivors: list[tuple[Expr, float]] = []  # the plus loop's parents, best first
@@ -189,9 +211,19 @@ class GPOptimizer:
         return self.pop[min(picks, key=lambda j: (self.fitness[j], j))]
 
     def _crossover(self, a: Expr, b: Expr) -> Expr:
+        if self.crossover == "one-point":
+            return self._one_point(a, b)
         pa, _ = self.rng.choice(list(subtrees(a)))
         _, sub = self.rng.choice(list(subtrees(b)))
         return replace_subtree(a, pa, sub)
+
+    def _one_point(self, a: Expr, b: Expr) -> Expr:
+        """Poli and Langdon's one-point crossover: a point drawn from the two trees' common region (the nodes at
+        the same path in both whose ancestors have the same arities in both), below the root when there is one, and
+        ``b``'s subtree there put in ``a``'s place: ``mul(A,B) x mul(C,D)`` gives ``mul(A,D)`` or ``mul(C,B)``."""
+        region = list(common_region(a, b))
+        path = self.rng.choice(region[1:] or region)
+        return replace_subtree(a, path, subtree_at(b, path))
 
     def _subtree(self, a: Expr) -> Expr:
         pa, _ = self.rng.choice(list(subtrees(a)))

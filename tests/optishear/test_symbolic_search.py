@@ -10,8 +10,8 @@ from optishear.recipe import recipe_plan
 from optishear.search import SearchConfig, search
 from optishear.search.config import TREE_OPERATORS
 from optishear.search.manifest import ADDED_LATER, manifest_differences
-from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, gp_optimizer,
-                                       replace_subtree, subtrees)
+from optishear.search.symbolic import (OPERATOR_SETS, RIA_TREE, SEEDS, GPOptimizer, SymbolicSpace, common_region,
+                                       gp_optimizer, replace_subtree, subtree_at, subtrees)
 from optishear_kernels import Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, TERMINALS
 
@@ -193,6 +193,33 @@ def test_insert_and_shrink_mutations_are_one_node_moves():
         GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), p_insert=0.3)  # 0.7 + 0.15 + 0.1 + 0.3 > 1
     with pytest.raises(ValueError, match="operator probabilities"):
         GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), p_shrink=-0.1)
+
+
+def test_one_point_crossover_swaps_a_subtree_at_the_same_place_in_both_parents():
+    """``crossover="one-point"`` (Poli and Langdon): the point is drawn from the parents' common region (the paths
+    where both have a node and every ancestor has the same arity in both), never the root when there is another,
+    and the child is the first parent with the second's subtree at that path. ``mul(A,B) x mul(C,D)`` gives only
+    ``mul(C,B)``, ``mul(A,D)`` or deeper swaps: the W side or the X side recombined as the meta metric's genes are.
+    The default stays subtree crossover, whose children include other places."""
+    a, b = parse_expr("mul(add(csn(W),rsn(W)),sqrt(X))"), parse_expr("mul(mul(csn(W),W),X)")
+    assert list(common_region(a, b)) == [(), (0,), (0, 0), (0, 0, 0), (0, 1), (1,)]
+    assert list(common_region(a, parse_expr("W"))) == [()]
+    assert list(common_region(parse_expr("sqrt(W)"), parse_expr("log(G)"))) == [(), (0,)]
+    opt = GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), seed=1, crossover="one-point")
+    region = list(common_region(a, b))[1:]
+    want = {replace_subtree(a, p, subtree_at(b, p)) for p in region}
+    got = {opt._crossover(a, b) for _ in range(200)}
+    assert got == want  # every point below the root is drawn, and nothing else
+    assert parse_expr("mul(mul(csn(W),W),sqrt(X))") in got and parse_expr("mul(add(csn(W),rsn(W)),X)") in got
+    assert opt._crossover(a, parse_expr("X")) == parse_expr("X")  # only the root is shared: the second parent
+    plain = GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), seed=1)
+    assert plain.crossover == "subtree" and {plain._crossover(a, b) for _ in range(200)} - want
+    _, default = _gp(seed=4)
+    _, subtree = _gp(seed=4, crossover="subtree")
+    _, one_point = _gp(seed=4, crossover="one-point")
+    assert subtree == default and one_point[0] == default[0] and one_point[1:] != default[1:]
+    with pytest.raises(ValueError, match="crossover must be one of"):
+        GPOptimizer(SymbolicSpace("symbolic", _cfg(), 3), crossover="uniform")
 
 
 def test_gp_improves_a_fitness_it_can_see():
