@@ -27,8 +27,8 @@ METRICS = itertools.cycle(["w:none*none,x:none*none", "w:rowcol*none,x:none*none
 @pytest.mark.parametrize("provider", ["wanda", "sparsegpt", "wanda+update", "admm", "wanda+admm"])
 def test_whole_prune(benchmark, machine_info, smollm2, provider):
     model, windows = smollm2.model, smollm2.windows
-    machine_info(provider=provider, case=f"SmolLM2-135M, {smollm2.nsamples}x{smollm2.seqlen} calibration, 50% unstructured, "
-                 "sequential statistics")  # fmt: skip
+    machine_info(provider=provider, case=f"SmolLM2-135M, {smollm2.nsamples}x{smollm2.seqlen} calibration, "
+                 "50% unstructured, sequential statistics")  # fmt: skip
     metric, update = {"wanda": ("wanda", "none"), "sparsegpt": ("sparsegpt", "none"),
                       "wanda+update": ("wanda", "sparsegpt"), "admm": ("admm", "none"),
                       "wanda+admm": ("wanda", "admm")}[provider]  # fmt: skip

@@ -170,7 +170,8 @@ def _draw(n_tokens: int, n: int, seqlen: int, rng: random.Random, taken: _Spans 
     return starts
 
 
-def window_sets(source: str | None, tokenizer, sets: list[tuple[str, int, int, int]], model=None) -> dict[str, WindowSet]:
+def window_sets(source: str | None, tokenizer, sets: list[tuple[str, int, int, int]],
+                model=None) -> dict[str, WindowSet]:
     """Several sets of windows from one text, pairwise disjoint.
 
     Args:
@@ -187,7 +188,8 @@ def window_sets(source: str | None, tokenizer, sets: list[tuple[str, int, int, i
         if model is None:
             raise ValueError("no calibration text given and no model to generate it")
         for name, n, seqlen, seed in sets:
-            out[name] = WindowSet(name, generated_windows(model, tokenizer, CalibSpec(None, n, seqlen, seed)), None, seed)
+            generated = generated_windows(model, tokenizer, CalibSpec(None, n, seqlen, seed))
+            out[name] = WindowSet(name, generated, None, seed)
         return out
     for name, n, seqlen, _ in sets:
         CalibSpec(source, n, seqlen).validate()

@@ -189,7 +189,8 @@ class Plan:
     ignore: list[str] | None = opt(None, kind="list", help="fnmatch patterns of linears to leave dense")
     stats: str = opt("sequential", parse=_parse_stats, choices=STATS_MODES,
                      help="statistics through already-pruned blocks (sequential) or of the dense model (dense)")
-    calib: str | None = opt(None, type=str, help="calibration text: file/dir, or wikitext2 / c4; none: the model writes its own")
+    calib: str | None = opt(None, type=str,
+                            help="calibration text: file/dir, or wikitext2 / c4; none: the model writes its own")
     nsamples: int = opt(128, type=int, help="calibration windows")
     seqlen: int = opt(2048, type=int, help="tokens per calibration window")
     seed: int = opt(0, type=int, help="seed of the calibration draw")

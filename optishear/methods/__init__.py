@@ -2,7 +2,7 @@
 
 | file | method | plan ``metric`` |
 |---|---|---|
-| ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude``, ``magnitude-row``, ``wanda``, ``ria``, meta-metric specs |
+| ``metric.py`` | score -> mask -> zero through the fused kernels | ``magnitude(-row)``, ``wanda``, ``ria``, meta |
 | ``sparsegpt.py`` | SparseGPT's mask and OBS weight update (``obs.py``) | ``sparsegpt`` |
 | ``expression.py`` | a symbolic metric over W, G, X through the fused kernels | ``pruner-zero``, ``expr:<tree>`` |
 | ``sparsegpt.py`` | ADMM's gradual mask and least-squares update (``admm.py``, Boža 2024) | ``admm`` |

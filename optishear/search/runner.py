@@ -80,7 +80,8 @@ class TrialRunner:
             self._stats_needs = self._stats_needs | walk_needs
             self.snapshot.restore()
             self._stats = walk(self.model, self.windows, self.linears, self._stats_needs,
-                               batch_size=self.plan.batch_size, backend=self.backend, progress=self.progress)  # fmt: skip
+                               batch_size=self.plan.batch_size, backend=self.backend,
+                               progress=self.progress)  # fmt: skip
             self._with_grads = None
         if GRADIENT not in needs:
             return self._stats
@@ -95,9 +96,11 @@ class TrialRunner:
     def shared_state(self) -> dict:
         """What a remote runner needs to evaluate trials exactly as this one does, computed once here: the
         windows, the dense outputs (``dense``), the dense statistics collected so far (``stats``, with the
-        statistic names they cover) and the gradient statistics (``gradients``, or None). Pass it as ``TrialRunner(..., state=...)``."""
+        statistic names they cover) and the gradient statistics (``gradients``, or None). Pass it as
+        ``TrialRunner(..., state=...)``."""
         return {"windows": self.windows, "objective_windows": self.objective_windows, "dense": self.dense,
-                "stats": self._stats, "stats_needs": sorted(self._stats_needs), "gradients": self.gradients}  # fmt: skip
+                "stats": self._stats, "stats_needs": sorted(self._stats_needs),
+                "gradients": self.gradients}  # fmt: skip
 
     def plan_for(self, changes: dict) -> Plan:
         """The base plan with a space's decoded changes (Plan fields; other keys, like ``target``, are ignored).
@@ -127,8 +130,8 @@ class TrialRunner:
 
     def run(self, plan: Plan, known: dict | None = None, known_hash: str | None = None) -> dict:
         """One trial. ``known``: mask digest -> (objective, sparsity) of earlier trials (the driver's table; an
-        evaluated trial adds itself to it); ``known_hash``: this trial's digest when already known (``population_hashes``), answered without
-        pruning when it is in ``known``.
+        evaluated trial adds itself to it); ``known_hash``: this trial's digest when already known
+        (``population_hashes``), answered without pruning when it is in ``known``.
 
         Returns:
             ``{sparsity, objective, mask_hash, evaluated, seconds, status, error}``; a failure (any
@@ -168,7 +171,8 @@ class TrialRunner:
 
         methods = [method_for(p) for p in plans]
         metrics = [getattr(m, "metric", None) for m in methods]
-        if (self.plan.stats != "dense" or self.plan.nm is not None or any(m is None or m.config is None for m in metrics)
+        if (self.plan.stats != "dense" or self.plan.nm is not None
+                or any(m is None or m.config is None for m in metrics)
                 or len({m.needs_activations for m in metrics}) > 1
                 or any(p.block_sparsity == "owl" for p in plans)
                 # the op knows masks only: not per-module targets, not a weight update after the mask

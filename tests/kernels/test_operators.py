@@ -83,8 +83,8 @@ def test_aot_variants_are_built_from_the_launch_settings():
 def test_kernels_compare_operator_choices_by_name_only():
     """No ``W_TRANSFORM == 3`` or ``mode == 4`` in the kernels: the named T_* / MODE_* globals say what is meant."""
     literal = re.compile(r"\b(COEF_MODE|W_TRANSFORM|UW|COEF|mode|uw)\s*(==|!=)\s*\d")
-    hits = [f"{p.name}:{i}" for p in sorted(PACKAGE.glob("*.py")) for i, line in enumerate(p.read_text().splitlines(), 1)
-            if literal.search(line)]  # fmt: skip
+    hits = [f"{p.name}:{i}" for p in sorted(PACKAGE.glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]  # fmt: skip
     assert not hits, hits
 
 
