@@ -8,7 +8,7 @@ python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e "./kernels[triton]"
 # [eval]: lm-eval for the zero-shot test, pinned here (about 720 MB and 75 s on top of the rest: datasets, pyarrow,
 # pandas, scikit-learn, nltk... come with it).
-python -m pip install --quiet -e ".[test,eval]" "lm-eval==0.4.13"
+python -m pip install --quiet -e ".[test,eval]" "lm-eval==0.4.13" "ruff==0.8.6"
 # Ray for the distributed executor's tests (the optional extra optishear[distributed]); pinned, and it leaves torch
 # and numpy alone (it adds msgpack and protobuf: about 250 MB, 16 s here).
 python -m pip install --quiet "ray==2.60.0"
