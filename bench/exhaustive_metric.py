@@ -206,9 +206,7 @@ def best_at(curve: list[float], k: int) -> float | None:
 
 
 def cmd_compare(args) -> None:
-    sims = [s for s in read_jsonl(Path(str(args.table) + ".sim.jsonl"))
-            if (s["pop_size"], s["generations"]) == (args.pop_size, args.generations) and "curve" in s
-            and not s.get("eliminate_duplicates") and (not args.seeds or s["seed"] in args.seeds)]  # fmt: skip
+    sims = meta_replays(Path(str(args.table) + ".sim.jsonl"), args.pop_size, args.generations, args.seeds)
     rows = [{"name": f"metric search (simulated), seed {s['seed']}", "kind": "metric", "curve": s["curve"]}
             for s in sims]  # fmt: skip
     rows += [{"name": str(r), "kind": "run", "curve": run_curve(Path(r))} for r in args.runs]
@@ -232,6 +230,26 @@ def cmd_compare(args) -> None:
                 out.update(worse_than_metric(rows, kind, k))
     Path(str(args.table) + ".compare.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+
+
+def meta_replays(path: Path, pop_size: int, generations: int, seeds: list[int]) -> list[dict]:
+    """The simulated metric searches ``compare`` measures against: ``path``'s lines of the given setting (without
+    ``--eliminate-duplicates``), only ``seeds`` when given. Every number ``compare`` reports is relative to them, so
+    none found is an error naming the file, the setting asked for and the settings the file holds, never a table of
+    nulls."""
+    lines = read_jsonl(path)
+    sims = [s for s in lines
+            if (s["pop_size"], s["generations"]) == (pop_size, generations) and "curve" in s
+            and not s.get("eliminate_duplicates") and (not seeds or s["seed"] in seeds)]  # fmt: skip
+    if not sims:
+        held = sorted({(s["pop_size"], s["generations"]) for s in lines if "curve" in s})
+        raise SystemExit(
+            f"compare: no metric-search replays of pop {pop_size} x {generations} generations"
+            + (f" for seeds {seeds}" if seeds else "") + f" in {path}"
+            + (f" (it holds pop x generations {held}); pass --pop-size/--generations/--seeds to match"
+               if held else " (missing or empty); copy the table's .sim.jsonl beside it or run "
+               "`exhaustive_metric.py simulate --table` first"))  # fmt: skip
+    return sims
 
 
 def by_k(curve: list[float], k: int) -> float:

@@ -107,3 +107,26 @@ def test_compare_tests_whether_a_kind_is_worse_than_the_metric_search(tmp_path):
     assert out['p_worse_gp {"g": "better"}_54'] == pytest.approx(1.0)
     assert 0.05 < out['p_worse_gp {"g": "same"}_54'] < 1.0
     assert out['median_all_gp {"g": "worse"}_54'] == pytest.approx(2.01)
+
+
+def test_compare_refuses_without_metric_search_replays_and_names_the_file(tmp_path):
+    """Every number compare reports is relative to the simulated metric searches: a table with no ``.sim.jsonl``
+    beside it, or one holding only another setting, is an error naming the file and writes no compare.json."""
+    from bench.exhaustive_metric import main
+
+    table = tmp_path / "t.jsonl"
+    table.write_text("")
+    gp = [{"seed": 0, "setting": {"g": 1}, "curve": [1.0] * 60}]
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gp))
+    args = ["compare", "--table", str(table), "--generations", "60", "--gp-sims", str(tmp_path / "g.jsonl")]
+    with pytest.raises(SystemExit, match=r"t\.jsonl\.sim\.jsonl \(missing or empty\)"):
+        main(args)
+    sims = [{"seed": 0, "pop_size": 20, "generations": 15, "curve": [1.0] * 60}]
+    (tmp_path / "t.jsonl.sim.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sims))
+    with pytest.raises(SystemExit, match=r"pop 20 x 60 generations.*holds pop x generations \[\(20, 15\)\]"):
+        main(args)
+    with pytest.raises(SystemExit, match=r"for seeds \[3\]"):
+        main(args[:4] + ["15", *args[5:], "--seeds", "3"])
+    assert not (tmp_path / "t.jsonl.compare.json").exists()
+    main(args[:4] + ["15", *args[5:]])
+    assert json.loads((tmp_path / "t.jsonl.compare.json").read_text())["median_metric_54"] == pytest.approx(1.0)
