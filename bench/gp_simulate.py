@@ -79,14 +79,14 @@ class Oracle:
         self.cache[rec["tree"]] = rec
 
     def _start(self) -> None:
-        self.runner, _ = trial_runner(self.cfg, gradients=self.args.gradients)
+        if self.runner is None:
+            self.runner, _ = trial_runner(self.cfg, gradients=self.args.gradients)
 
     def __call__(self, tree) -> dict:
         if tree.text not in self.cache:
             self.refresh()  # another process may have scored it meanwhile
         if tree.text not in self.cache:
-            if self.runner is None:
-                self._start()
+            self._start()
             rec = self.runner.run(self.runner.plan_for({"metric": f"expr:{tree.text}"}), {})
             self.scored += 1
             self._add({"tree": tree.text, "objective": rec["objective"], "mask_hash": rec["mask_hash"],
@@ -98,13 +98,19 @@ class Oracle:
 
 def simulate(oracle, cfg, seed: int, until: int, settings: dict | None = None) -> dict:
     """One GP trajectory (``--space symbolic``'s GP for ``cfg`` with optimizer seed ``seed``, ``settings`` overriding
-    its other settings), stopped after ``until`` distinct evaluations; its best-after-k curve."""
+    its other settings), stopped after ``until`` distinct evaluations; its best-after-k curve. With
+    ``cfg.tree_screen``, the screen's phenotypes come from the oracle's runner (the model is loaded even when every
+    tree is cached)."""
     from dataclasses import replace
 
-    from optishear.search.symbolic import SymbolicSpace, gp_optimizer
+    from optishear.search.symbolic import SymbolicSpace, gp_optimizer, screen_for
 
     cfg = replace(cfg, search_seed=seed, generations=10**6)
-    opt = gp_optimizer(cfg, SymbolicSpace("symbolic", cfg, 1), **(settings or {}))
+    settings = dict(settings or {})
+    if cfg.tree_screen:
+        oracle._start()
+        settings["screen"] = screen_for(cfg, oracle.runner)
+    opt = gp_optimizer(cfg, SymbolicSpace("symbolic", cfg, 1), **settings)
     masks: set[str] = set()
     curve: list[float] = []
     trials = 0
@@ -126,8 +132,11 @@ def simulate(oracle, cfg, seed: int, until: int, settings: dict | None = None) -
                     best_tree = t.text
                 curve.append(min(r["objective"], curve[-1] if curve else r["objective"]))
         opt.tell(F, ok)
-    return {"seed": seed, "trials": trials, "generations": opt.generation, "best": curve[-1], "best_tree": best_tree,
-            "curve": curve}  # fmt: skip
+    out = {"seed": seed, "trials": trials, "generations": opt.generation, "best": curve[-1], "best_tree": best_tree,
+           "curve": curve}  # fmt: skip
+    if cfg.tree_screen:
+        out.update(phenotypes=settings["screen"].computed, screen_seconds=round(settings["screen"].seconds, 1))
+    return out
 
 
 def main(argv=None) -> None:
@@ -152,12 +161,14 @@ def main(argv=None) -> None:
     ap.add_argument("--tournament", type=int, default=None)
     ap.add_argument("--elitism", type=int, default=None)
     ap.add_argument("--crossover", default=None, help="the GP's crossover: subtree (the default), one-point")
+    ap.add_argument("--screen", type=int, default=0, help="the search's --tree-screen K (0: off)")
     ap.add_argument("--tree-seeds", nargs="+", default=[],
                     help="the search's --tree-seeds: trees after the built-in seeds")  # fmt: skip
     args = ap.parse_args(argv)
     cfg = search_config(args, "symbolic", pop_size=args.pop_size, tree_size=args.tree_size,
                         tree_operators=args.tree_operators, tree_init_mutants=args.init_mutants or 0.0,
                         tree_survival=args.survival or "generational", tree_seeds=args.tree_seeds,
+                        tree_screen=args.screen,
                         validate_top=0)  # fmt: skip
     cfg.validate()
     oracle = Oracle(args, cfg)
@@ -170,6 +181,8 @@ def main(argv=None) -> None:
         setting["init_mutants"] = args.init_mutants
     if args.survival is not None:
         setting["survival"] = args.survival
+    if args.screen:
+        setting["screen"] = args.screen
     out = Path(str(args.cache) + ".sim.jsonl")
     for s in args.seeds:
         t0 = time.perf_counter()

@@ -37,6 +37,13 @@ class WeightSnapshot:
                 self.save(r)
         return self
 
+    def saved(self, ref: LinearRef) -> torch.Tensor:
+        """The CPU copy of ``ref``'s weight as it was first saved (the dense weight, for the search's runner)."""
+        key = id(ref.module)
+        if key not in self._saved:
+            raise KeyError(f"no saved weight for layer {ref.full_name}")
+        return self._saved[key][1]
+
     @staticmethod
     def _put(param: torch.Tensor, saved: torch.Tensor) -> None:
         if param.shape == saved.shape:

@@ -84,6 +84,9 @@ class SearchConfig:
             magnitude, RIA's exponent, Pruner-Zero's metric, and RIA with ``relative``): trees found on another model
             or published elsewhere. Each must parse, use only the ``tree_operators`` grammar's operators, fit
             ``tree_size`` and be new: a tree whose canonical form is a built-in seed or an earlier entry is refused.
+        tree_screen: the symbolic GP breeds this many candidates per child it evaluates and evaluates the ones
+            whose masks on a sample of rows are nearest to the best trees evaluated (``screen.py``); 0 (the
+            default): off, every child bred is evaluated.
         operators, operator_model, operator_temperature, mlp_steps: ``space="structured"`` only: the evolutionary
             operators (``ga``: tournament, block-wise crossover, level swaps; ``llm``: an instruct model proposes
             parents, crossovers and mutations, as Self-Pruner does), the operator model (a local instruct model; None:
@@ -131,6 +134,8 @@ class SearchConfig:
     tree_seeds: list[str] = opt(kind="list", type=str, default_factory=list,
                                 help="symbolic space: more trees for the first generation, after the built-in seeds "
                                 "(e.g. trees found on another model)")  # fmt: skip
+    tree_screen: int = opt(0, type=int, help="symbolic space: breed K candidates per child evaluated and evaluate "
+                           "those whose sampled masks are nearest the best evaluated trees (0: off)")
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
     operator_model: str | None = opt(None, type=str, help="structured: local instruct model for --operators llm "
                                      "(default: the packaged SmolLM2-135M-Instruct)")  # fmt: skip
@@ -163,6 +168,10 @@ class SearchConfig:
             _nonneg_int(self.search_seed, "search_seed")
         if not 0.0 <= self.tree_init_mutants <= 1.0:
             raise ValueError(f"tree_init_mutants is a fraction in [0, 1], got {self.tree_init_mutants}")
+        if self.tree_screen != 0 and (not isinstance(self.tree_screen, int) or self.tree_screen < 2):
+            raise ValueError(f"tree_screen is 0 (off) or at least 2 candidates per child, got {self.tree_screen}")
+        if self.tree_screen and self.space != "symbolic":
+            raise ValueError(f"tree_screen screens the symbolic search's children; --space {self.space} has none")
         if self.tree_survival not in TREE_SURVIVALS:
             raise ValueError(f"tree_survival must be one of {TREE_SURVIVALS}, got {self.tree_survival!r}")
         if self.tree_operators not in TREE_OPERATORS:

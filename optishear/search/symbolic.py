@@ -31,6 +31,12 @@ generation with ``elitism`` of them), and every child is new to the run: a child
 (or one asked in the same generation) is mutated again, point then subtree alternating, up to ``retries`` times, so
 that a generation spends its ``pop_size`` trials on trees never scored instead of on copies the trial log answers.
 
+With ``screen`` (``--tree-screen K``, ours, off by default) each generation breeds K times as many children as it
+evaluates, exactly as above, and evaluates the ones a surrogate predicts best: each candidate's mask on a few sampled
+rows of a few layers, its predicted objective that of the evaluated tree with the nearest such mask (Hildebrandt and
+Branke's phenotypic surrogate for GP; ``screen.py``). Elites are kept as before; a candidate whose sampled mask
+repeats an evaluated one's goes after every new one.
+
 Everything random comes from one ``random.Random(seed)``, and a tell depends only on the objectives told, so the same
 seed gives the same search, and a resumed search (whose trials are read back from the log) replays it exactly.
 
@@ -51,6 +57,7 @@ from optishear_kernels.expr import ARITY, BINARY, OPERATORS, RELATIVE, TERMINALS
 
 from ..methods.expression import expression_plan_metric
 from .config import TREE_SURVIVALS, SearchConfig
+from .screen import MaskPhenotype, Screen
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
 RIA_TREE = "mul(add(csn(W),rsn(W)),sqrt(sqrt(X)))"  # RIA, with the relative operators
@@ -130,6 +137,8 @@ class GPOptimizer:
         survival: ``"generational"`` (the default) or ``"plus"`` (module docstring); ``retries``: the plus loop's
             attempts to make a repeated child new.
         crossover: ``"subtree"`` (the default: a random node of each parent) or ``"one-point"`` (``_one_point``).
+        screen: a ``screen.Screen`` (None: off): each generation breeds ``screen.factor`` times the children it
+            evaluates, the same way, and asks the ones the screen picks (module docstring).
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
@@ -138,7 +147,7 @@ class GPOptimizer:
                  elitism: int = 2,
                  init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
                  operators: tuple[str, ...] = OPERATORS, survival: str = "generational",
-                 retries: int = 20, crossover: str = "subtree"):  # fmt: skip
+                 retries: int = 20, crossover: str = "subtree", screen=None):  # fmt: skip
         if pop_size < 2:
             raise ValueError(f"the GP needs a population of at least 2, got {pop_size}")
         if survival not in TREE_SURVIVALS:
@@ -148,6 +157,7 @@ class GPOptimizer:
             raise ValueError(f"crossover must be one of {TREE_CROSSOVERS}, got {crossover!r}")
         self.crossover = crossover
         self.retries = retries
+        self.screen = screen
         self.asked: set[Expr] = set()  # every tree asked in this run (the plus loop's children are new to it)
         self.survivors: list[tuple[Expr, float]] = []  # the plus loop's parents, best first
         self.space = space
@@ -301,16 +311,18 @@ class GPOptimizer:
         self.fitness = [v for _, v in self.survivors]
         nxt: list[Expr] = []
         batch: set[Expr] = set()
-        while len(nxt) < self.pop_size:
+        while len(nxt) < self.pop_size * (self.screen.factor if self.screen else 1):
             child = self._new_child(batch)
             batch.add(child)
             nxt.append(child)
-        self.pop = nxt
+        self.pop = self.screen.pick(nxt, self.pop_size) if self.screen else nxt
 
     def tell(self, objectives: np.ndarray, feasible: np.ndarray) -> None:
         f = [float(o[0]) if ok and math.isfinite(float(o[0])) else math.inf
              for o, ok in zip(np.asarray(objectives), np.asarray(feasible))]  # fmt: skip
         self.fitness = f
+        if self.screen is not None:
+            self.screen.tell(self.pop, f)
         for t, v in zip(self.pop, f):
             if math.isfinite(v) and (t.text not in self.best or v < self.best[t.text][1]):
                 self.best[t.text] = (t, v)
@@ -327,8 +339,11 @@ class GPOptimizer:
             if self.pop[j] not in seen:
                 nxt.append(self.pop[j])
                 seen.add(self.pop[j])
-        while len(nxt) < self.pop_size:
-            nxt.append(self._child())
+        if self.screen is None:
+            nxt += [self._child() for _ in range(self.pop_size - len(nxt))]
+        else:
+            n = self.pop_size - len(nxt)
+            nxt += self.screen.pick([self._child() for _ in range(n * self.screen.factor)], n)
         self.pop = nxt
 
     def front(self) -> list[tuple[Expr, np.ndarray]]:
@@ -348,10 +363,18 @@ def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptim
     """The GP that ``--space symbolic`` runs for ``cfg`` (its size, optimizer seed, grammar, seeds and first
     generation: the built-in seeds, then ``cfg.tree_seeds``); ``settings`` overrides the GP's other settings
     (``tournament``, ``p_crossover``...)."""
+    if cfg.tree_screen and "screen" not in settings:
+        raise ValueError("tree_screen needs the search's runner for the phenotypes: pass screen=Screen(...)")
     return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                        max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
                        init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival,
                        seeds=builtin_seeds(cfg.tree_operators) + tuple(cfg.tree_seeds), **settings)  # fmt: skip
+
+
+def screen_for(cfg: SearchConfig, runner) -> Screen:
+    """The screen of ``cfg.tree_screen`` (> 0): phenotypes on the runner's model, rows drawn with the optimizer's
+    seed."""
+    return Screen(MaskPhenotype(runner, seed=cfg.optimizer_seed), cfg.tree_screen)
 
 
 def symbolic_stage(cfg: SearchConfig, runner):
@@ -359,10 +382,12 @@ def symbolic_stage(cfg: SearchConfig, runner):
 
     def build(prev):
         space = SymbolicSpace("symbolic", cfg, len(runner.linears))
-        return space, gp_optimizer(cfg, space)
+        if not cfg.tree_screen:
+            return space, gp_optimizer(cfg, space)
+        return space, gp_optimizer(cfg, space, screen=screen_for(cfg, runner))
 
     return build
 
 
-__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "builtin_seeds", "symbolic_stage", "SEEDS", "RIA_TREE",
-           "OPERATOR_SETS"]
+__all__ = ["SymbolicSpace", "GPOptimizer", "gp_optimizer", "builtin_seeds", "symbolic_stage", "screen_for", "SEEDS",
+           "RIA_TREE", "OPERATOR_SETS"]

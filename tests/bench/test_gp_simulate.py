@@ -83,3 +83,36 @@ def test_two_simulations_on_one_cache_score_each_tree_once(tmp_path):
     with path.open("a") as f:
         f.write(' "status": "ok"}\n')
     assert b(parse_expr("X"))["objective"] == 5.0 and b.scored == 1 and b.runner.ran == ["expr:" + ria.text]
+
+
+def test_a_screened_simulation_is_the_screened_searchs_trajectory(tmp_path):
+    """``--screen``: the simulated GP builds its screen on the oracle's runner (the same model, windows and gradient
+    statistics as the search) and asks exactly the trees the screened search scored, in its order."""
+    from optishear.search import TrialRunner, search_gradients
+
+    cfg = _cfg(search_seed=1, tree_screen=3)
+    windows = random_windows(4, 32)
+    search(tiny_llama(layers=3), None, cfg, tmp_path / "run", windows=windows, progress=False)
+    trials = read_jsonl(tmp_path / "run" / "trials.jsonl")
+    table = {r["metric"].removeprefix("expr:"): r for r in trials}
+    model = tiny_llama(layers=3)
+    grads = search_gradients(cfg, model, windows, tmp_path / "run", False)  # reloaded from the run
+
+    class Oracle:
+        runner = TrialRunner(model, windows, cfg, gradients=grads)
+        asked = []
+
+        def _start(self):
+            pass
+
+        def __call__(self, tree):
+            self.asked.append(tree.text)
+            return table[tree.text]  # a tree the search never scored: KeyError, the trajectories differ
+
+    oracle = Oracle()
+    curve = run_curve(tmp_path / "run")
+    out = simulate(oracle, cfg, seed=1, until=len(curve))
+    assert out["curve"] == curve and out["phenotypes"] > len(oracle.asked) - cfg.pop_size
+    first = list(dict.fromkeys(oracle.asked))  # the log holds a tree once: an elite asked again is answered from it
+    assert first == list(dict.fromkeys(r["metric"].removeprefix("expr:") for r in trials))[: len(first)]
+    assert len(first) > 2 * cfg.pop_size  # past the unscreened first generation
