@@ -23,15 +23,9 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from bench.exhaustive_metric import search_config, trial_runner
+    from bench.exhaustive_metric import search_config, spearman, trial_runner
 except ImportError:  # run as a script
-    from exhaustive_metric import search_config, trial_runner
-
-
-def spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).correlation)
+    from exhaustive_metric import search_config, spearman, trial_runner
 
 
 def main(argv=None) -> None:
