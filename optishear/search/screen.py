@@ -111,7 +111,8 @@ class Screen:
         self.factor = factor
         self._memo: dict[Expr, np.ndarray | None] = {}
         self._index: dict[bytes, int] = {}  # phenotype -> its row in _bits and _f
-        self._bits: np.ndarray | None = None  # the archive's phenotypes, [n, bytes], in the order first told
+        self._rows: list[np.ndarray] = []  # the archive's phenotypes, in the order first told
+        self._bits: np.ndarray | None = None  # _rows stacked [n, bytes], rebuilt after a tell adds to them
         self._f: list[float] = []  # the lowest objective told with each
         self.computed = 0  # phenotypes computed, and their seconds
         self.seconds = 0.0
@@ -139,13 +140,16 @@ class Screen:
                 continue
             self._index[key] = len(self._f)
             self._f.append(v)
-            self._bits = p[None, :] if self._bits is None else np.vstack([self._bits, p[None, :]])
+            self._rows.append(p)
+            self._bits = None
 
     def predict(self, tree: Expr) -> float:
         """The objective of the archived phenotype nearest ``tree``'s (inf if it has none or the archive is empty)."""
         p = self.of(tree)
-        if p is None or self._bits is None:
+        if p is None or not self._rows:
             return float("inf")
+        if self._bits is None:
+            self._bits = np.stack(self._rows)
         d = hamming(p, self._bits)
         near = np.flatnonzero(d == d.min())
         return float(min(self._f[i] for i in near))
