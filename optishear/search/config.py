@@ -15,6 +15,8 @@ ROW_METRIC_SPACES = ("metric", "symbolic")  # spaces that search the metric only
 OPERATORS = ("ga", "llm")
 TREE_OPERATORS = ("pruner-zero", "relative")
 TREE_SURVIVALS = ("generational", "plus")  # the symbolic GP's survival (symbolic.GPOptimizer)
+# the symbolic GP's variation probabilities and their defaults (``tree_rates``; symbolic.GPOptimizer's p_<name>)
+TREE_RATES = {"crossover": 0.7, "subtree": 0.15, "point": 0.1, "insert": 0.0, "shrink": 0.0}
 ALGORITHMS = ("nsga3", "nsga2")
 OBJECTIVES = ("kl", "fro")
 
@@ -84,6 +86,9 @@ class SearchConfig:
             magnitude, RIA's exponent, Pruner-Zero's metric, and RIA with ``relative``): trees found on another model
             or published elsewhere. Each must parse, use only the ``tree_operators`` grammar's operators, fit
             ``tree_size`` and be new: a tree whose canonical form is a built-in seed or an earlier entry is refused.
+        tree_rates: the symbolic GP's variation probabilities as ``name=value`` entries, each name one of
+            ``TREE_RATES`` (crossover, subtree, point, insert, shrink mutation); a name not given keeps its default
+            (``TREE_RATES``); the probabilities must sum to at most 1 (the rest: a copy of the parent).
         tree_screen: the symbolic GP breeds this many candidates per child it evaluates and evaluates the ones
             whose masks on a sample of rows are nearest to the best trees evaluated (``screen.py``); 0 (the
             default): off, every child bred is evaluated.
@@ -134,6 +139,9 @@ class SearchConfig:
     tree_seeds: list[str] = opt(kind="list", type=str, default_factory=list,
                                 help="symbolic space: more trees for the first generation, after the built-in seeds "
                                 "(e.g. trees found on another model)")  # fmt: skip
+    tree_rates: list[str] = opt(kind="list", type=str, default_factory=list,
+                                help="symbolic space: variation probabilities, name=value for crossover, subtree, "
+                                "point, insert, shrink (default crossover=0.7 subtree=0.15 point=0.1)")  # fmt: skip
     tree_screen: int = opt(0, type=int, help="symbolic space: breed K candidates per child evaluated and evaluate "
                            "those whose sampled masks are nearest the best evaluated trees (0: off)")
     operators: str = opt("ga", choices=OPERATORS, type=str, help="structured: plain GA or LLM-driven operators")
@@ -178,6 +186,7 @@ class SearchConfig:
             raise ValueError(f"tree_operators must be one of {TREE_OPERATORS}, got {self.tree_operators!r}")
         if self.tree_seeds:
             self._check_tree_seeds()
+        self.gp_rates()  # raises on a bad tree_rates entry
         if self.space == "structured":
             _pos_int(self.mlp_steps, "mlp_steps")
             if self.plan.layer_rates is not None and self.plan.layer_rates != "uniform":
@@ -217,6 +226,33 @@ class SearchConfig:
                 check_sparsity(lv, "sparsity_levels")
                 if self.space != "metric" and (lv - self.band < 0 or lv + self.band >= 1):
                     raise ValueError(f"sparsity level {lv} +- band {self.band} leaves [0, 1)")
+
+    def gp_rates(self) -> dict[str, float]:
+        """``tree_rates`` with the defaults for the names not given, as ``GPOptimizer``'s ``p_<name>`` keywords."""
+        rates = dict(TREE_RATES)
+        given = set()
+        for i, entry in enumerate(self.tree_rates):
+            name, eq, value = str(entry).partition("=")
+            name = name.strip()
+            if not eq or name not in TREE_RATES:
+                raise ValueError(f"tree_rates[{i}] {entry!r}: expected name=value with name one of "
+                                 f"{', '.join(TREE_RATES)}")  # fmt: skip
+            if name in given:
+                raise ValueError(f"tree_rates[{i}] {entry!r}: {name} is given twice")
+            try:
+                rates[name] = float(value)
+            except ValueError:
+                raise ValueError(f"tree_rates[{i}] {entry!r}: {value.strip()!r} is not a number") from None
+            if not 0.0 <= rates[name] <= 1.0:
+                raise ValueError(f"tree_rates[{i}] {entry!r}: a probability is in [0, 1]")
+            given.add(name)
+        if self.tree_rates and self.space != "symbolic":
+            raise ValueError(f"tree_rates sets the symbolic GP's variation; --space {self.space} has none")
+        if sum(rates.values()) > 1 + 1e-9:
+            text = " ".join(f"{k}={v:g}" for k, v in rates.items())
+            raise ValueError(f"tree_rates: the variation probabilities {text} sum to {sum(rates.values()):g}, "
+                             "more than 1; lower one (names not given keep their defaults)")  # fmt: skip
+        return {f"p_{k}": v for k, v in rates.items()}
 
     def _check_tree_seeds(self) -> None:
         from optishear_kernels import canonical, parse_expr

@@ -27,7 +27,8 @@ FORMAT = "optishear-search-manifest/1"
 RESUMABLE_CHANGES = ("max_failures",)
 # Configuration fields added after runs were made without them, with the value that reproduces those runs: a manifest
 # without the field compares as that value (a field whose default changed the behaviour is not listed: it differs).
-ADDED_LATER = {"tree_init_mutants": 0.0, "tree_survival": "generational", "tree_seeds": [], "tree_screen": 0}
+ADDED_LATER = {"tree_init_mutants": 0.0, "tree_survival": "generational", "tree_seeds": [], "tree_screen": 0,
+               "tree_rates": []}
 
 
 def extendable(space: str) -> bool:

@@ -56,7 +56,7 @@ from optishear_kernels import PRUNER_ZERO, Expr, canonical, parse_expr
 from optishear_kernels.expr import ARITY, BINARY, OPERATORS, RELATIVE, TERMINALS, random_tree
 
 from ..methods.expression import expression_plan_metric
-from .config import TREE_SURVIVALS, SearchConfig
+from .config import TREE_RATES, TREE_SURVIVALS, SearchConfig
 from .screen import MaskPhenotype, Screen
 
 SEEDS = ("mul(W,sqrt(X))", "W", "mul(W,sqrt(sqrt(X)))", PRUNER_ZERO.text)
@@ -142,8 +142,10 @@ class GPOptimizer:
     """
 
     def __init__(self, space: SymbolicSpace, *, pop_size: int = 20, generations: int = 15, seed: int = 0,
-                 seeds=SEEDS, max_size: int = 17, tournament: int = 3, p_crossover: float = 0.7,
-                 p_subtree: float = 0.15, p_point: float = 0.1, p_insert: float = 0.0, p_shrink: float = 0.0,
+                 seeds=SEEDS, max_size: int = 17, tournament: int = 3,
+                 p_crossover: float = TREE_RATES["crossover"], p_subtree: float = TREE_RATES["subtree"],
+                 p_point: float = TREE_RATES["point"], p_insert: float = TREE_RATES["insert"],
+                 p_shrink: float = TREE_RATES["shrink"],
                  elitism: int = 2,
                  init_depth: tuple[int, int] = (2, 4), init_mutants: float = 0.0,
                  operators: tuple[str, ...] = OPERATORS, survival: str = "generational",
@@ -361,10 +363,11 @@ def builtin_seeds(tree_operators: str) -> tuple[str, ...]:
 
 def gp_optimizer(cfg: SearchConfig, space: SymbolicSpace, **settings) -> GPOptimizer:
     """The GP that ``--space symbolic`` runs for ``cfg`` (its size, optimizer seed, grammar, seeds and first
-    generation: the built-in seeds, then ``cfg.tree_seeds``); ``settings`` overrides the GP's other settings
-    (``tournament``, ``p_crossover``...)."""
+    generation: the built-in seeds, then ``cfg.tree_seeds``; its ``tree_rates``); ``settings`` overrides the GP's
+    other settings (``tournament``, ``p_crossover``...)."""
     if cfg.tree_screen and "screen" not in settings:
         raise ValueError("tree_screen needs the search's runner for the phenotypes: pass screen=Screen(...)")
+    settings = {**cfg.gp_rates(), **settings}
     return GPOptimizer(space, pop_size=cfg.pop_size, generations=cfg.generations, seed=cfg.optimizer_seed,
                        max_size=cfg.tree_size, operators=OPERATOR_SETS[cfg.tree_operators],
                        init_mutants=cfg.tree_init_mutants, survival=cfg.tree_survival,

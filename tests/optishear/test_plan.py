@@ -22,7 +22,8 @@ SEARCH_VALUES = dict(space="metric-then-blocks", algorithm="nsga2", objective="f
                      tree_size=9, operators="llm", operator_model="some/instruct model", operator_temperature=0.0,
                      mlp_steps=8, seed_adaptive=False, tree_operators="relative", search_seed=3,
                      tree_init_mutants=0.25, tree_survival="plus",
-                     tree_seeds=["mul(W,G)", "mul(W,add(G,X))"], tree_screen=3)  # fmt: skip
+                     tree_seeds=["mul(W,G)", "mul(W,add(G,X))"], tree_screen=3,
+                     tree_rates=["insert=0.15", "crossover=0.5"])  # fmt: skip
 
 
 def _parse(cls, argv):

@@ -389,6 +389,49 @@ def test_bad_tree_seeds_are_refused_naming_the_entry(seeds, match):
         _cfg(tree_seeds=seeds, tree_size=9).validate()
 
 
+def test_tree_rates_reach_the_gp_and_names_not_given_keep_their_defaults():
+    """``tree_rates`` sets GPOptimizer's p_<name>: the same GP as those keywords, another than the defaults."""
+    rates = ["crossover=0.5", "subtree=0.1", "point=0.15", "insert=0.15", "shrink=0.05"]
+    cfg = _cfg(tree_operators="relative", tree_rates=rates, pop_size=8)
+    cfg.validate()
+    assert cfg.gp_rates() == {"p_crossover": 0.5, "p_subtree": 0.1, "p_point": 0.15, "p_insert": 0.15,
+                              "p_shrink": 0.05}  # fmt: skip
+    assert _cfg(tree_rates=["insert=0.05"]).gp_rates() == {"p_crossover": 0.7, "p_subtree": 0.15, "p_point": 0.1,
+                                                          "p_insert": 0.05, "p_shrink": 0.0}  # fmt: skip
+
+    def children(gp):
+        first = gp.ask()
+        gp.tell(np.arange(len(first), dtype=float)[:, None], np.ones(len(first), dtype=bool))
+        return [t.text for t in gp.ask()]
+
+    space = SymbolicSpace("symbolic", cfg, 3)
+    by_flag = children(gp_optimizer(cfg, space))
+    by_keywords = children(gp_optimizer(_cfg(tree_operators="relative", pop_size=8), space, p_crossover=0.5,
+                                        p_subtree=0.1, p_point=0.15, p_insert=0.15, p_shrink=0.05))  # fmt: skip
+    default = children(gp_optimizer(_cfg(tree_operators="relative", pop_size=8), space))
+    assert by_flag == by_keywords
+    assert by_flag != default
+    before = {"config": {"space": "symbolic"}}  # a run made before the option resumes as the defaults, []
+    assert manifest_differences(before, {"config": {"space": "symbolic", "tree_rates": []}}) == []
+    changed = manifest_differences(before, {"config": {"space": "symbolic", "tree_rates": ["insert=0.05"]}})
+    assert changed == ['config.tree_rates: [] -> ["insert=0.05"]']
+
+
+@pytest.mark.parametrize("rates, match", [
+    (["crossover"], r"tree_rates\[0\] 'crossover': expected name=value with name one of crossover, subtree"),
+    (["point=0.1", "mutate=0.1"], r"tree_rates\[1\] 'mutate=0.1': expected name=value"),
+    (["point=a lot"], r"tree_rates\[0\] 'point=a lot': 'a lot' is not a number"),
+    (["shrink=-0.1"], r"tree_rates\[0\] 'shrink=-0.1': a probability is in \[0, 1\]"),
+    (["point=0.1", "point=0.2"], r"tree_rates\[1\] 'point=0.2': point is given twice"),
+    (["insert=0.15"], r"crossover=0.7 subtree=0.15 point=0.1 insert=0.15 shrink=0 sum to 1.1, more than 1"),
+])  # fmt: skip
+def test_bad_tree_rates_are_refused_naming_the_entry(rates, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tree_rates=rates).validate()
+    with pytest.raises(ValueError, match="--space metric has none"):
+        _cfg(space="metric", tree_rates=["insert=0.05"]).validate()
+
+
 def test_tree_seeds_need_the_symbolic_space_and_room_in_the_population():
     with pytest.raises(ValueError, match="--space metric has no trees"):
         _cfg(space="metric", tree_seeds=["mul(W,G)"]).validate()
