@@ -412,8 +412,9 @@ def test_tree_rates_reach_the_gp_and_names_not_given_keep_their_defaults():
     assert by_flag == by_keywords
     assert by_flag != default
     before = {"config": {"space": "symbolic"}}  # a run made before the option resumes as the defaults, []
-    assert manifest_differences(before, {"config": {"space": "symbolic", "tree_rates": []}}) == []
-    changed = manifest_differences(before, {"config": {"space": "symbolic", "tree_rates": ["insert=0.05"]}})
+    now = {**ADDED_LATER, "space": "symbolic"}
+    assert manifest_differences(before, {"config": now}) == []
+    changed = manifest_differences(before, {"config": {**now, "tree_rates": ["insert=0.05"]}})
     assert changed == ['config.tree_rates: [] -> ["insert=0.05"]']
 
 
