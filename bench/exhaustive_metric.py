@@ -259,15 +259,17 @@ def by_k(curve: list[float], k: int) -> float:
 
 def worse_than_metric(rows: list[dict], kind: str, k: int) -> dict:
     """Whether the runs of ``kind`` are worse after ``k`` distinct evaluations than the simulated metric searches:
-    every seed of each (``by_k``), their medians and the one-sided Mann-Whitney U test's p-value for "``kind``'s best
-    is larger" (``scipy``, pymoo's own dependency); None with fewer than two runs on either side."""
+    every seed of each (``by_k``), their medians and the one-sided Mann-Whitney U test's p-values for "``kind``'s best
+    is larger" (``p_worse``) and "smaller" (``p_better``) (``scipy``, pymoo's own dependency); None with fewer than
+    two runs on either side."""
     from scipy.stats import mannwhitneyu
 
     a = [by_k(r["curve"], k) for r in rows if r["kind"] == kind]
     m = [by_k(r["curve"], k) for r in rows if r["kind"] == "metric"]
-    p = float(mannwhitneyu(a, m, alternative="greater").pvalue) if len(a) >= 2 and len(m) >= 2 else None
+    enough = len(a) >= 2 and len(m) >= 2
+    p = {side: float(mannwhitneyu(a, m, alternative=side).pvalue) if enough else None for side in ("greater", "less")}
     return {f"median_all_{kind}_{k}": float(np.median(a)), f"median_all_metric_{k}": float(np.median(m)) if m else None,
-            f"p_worse_{kind}_{k}": p}  # fmt: skip
+            f"p_worse_{kind}_{k}": p["greater"], f"p_better_{kind}_{k}": p["less"]}  # fmt: skip
 
 
 def spearman(a, b) -> float:

@@ -86,8 +86,9 @@ def test_compare_puts_gp_simulations_beside_the_metric_search_by_setting_and_see
 
 
 def test_compare_tests_whether_a_kind_is_worse_than_the_metric_search(tmp_path):
-    """``p_worse``: one-sided Mann-Whitney U on every seed's best after k, a run that stopped short read at its last
-    best. Three seeds each: all worse gives 1/20 (the smallest p of 3 against 3), all better 1, ties in between."""
+    """``p_worse``, ``p_better``: one-sided Mann-Whitney U on every seed's best after k, a run that stopped short read
+    at its last best. Three seeds each: all worse gives p_worse 1/20 (the smallest p of 3 against 3), all better 1,
+    ties in between; p_better the other way round."""
     from bench.exhaustive_metric import by_k, main
 
     assert by_k([3.0, 2.0, 1.5], 2) == 2.0 and by_k([3.0, 2.0, 1.5], 54) == 1.5
@@ -105,6 +106,8 @@ def test_compare_tests_whether_a_kind_is_worse_than_the_metric_search(tmp_path):
     assert out["n_metric_54"] == 1 and out["median_all_metric_54"] == pytest.approx(1.01)  # seeds 0, 1 stopped short
     assert out['p_worse_gp {"g": "worse"}_54'] == pytest.approx(0.05)
     assert out['p_worse_gp {"g": "better"}_54'] == pytest.approx(1.0)
+    assert out['p_better_gp {"g": "better"}_54'] == pytest.approx(0.05)
+    assert out['p_better_gp {"g": "worse"}_54'] == pytest.approx(1.0)
     assert 0.05 < out['p_worse_gp {"g": "same"}_54'] < 1.0
     assert out['median_all_gp {"g": "worse"}_54'] == pytest.approx(2.01)
 
