@@ -429,6 +429,9 @@ def test_tree_rates_reach_the_gp_and_names_not_given_keep_their_defaults():
 def test_bad_tree_rates_are_refused_naming_the_entry(rates, match):
     with pytest.raises(ValueError, match=match):
         _cfg(tree_rates=rates).validate()
+
+
+def test_tree_rates_need_the_symbolic_space():
     with pytest.raises(ValueError, match="--space metric has none"):
         _cfg(space="metric", tree_rates=["insert=0.05"]).validate()
 
